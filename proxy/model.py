@@ -1,0 +1,153 @@
+"""The compiled configuration: frozen, validated once at load, read on every request.
+
+Everything the request path needs is precomputed here (header values joined, matchers
+compiled), so serving a request is lookups only. `proxy.config` builds these objects.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping
+
+Mode = Literal["set", "default", "remove", "pass"]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A listen address."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """An origin server, `scheme://host[:port]` with no path."""
+
+    url: str  # normalised: lower-case scheme and host, default port dropped
+    scheme: str  # "http" | "https"
+    host: str  # without brackets for IPv6
+    port: int
+    host_header: str  # the Host value that names it: host, plus ":port" when not the default
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    listen: Endpoint
+    upstream: Upstream | None
+    workers: int
+    preserve_host: bool
+    forwarded_headers: bool
+    trusted_proxies: tuple[IPNetwork, ...]
+    connect_timeout: float
+    read_timeout: float
+    tls_cert: str | None
+    tls_key: str | None
+    upstream_ca: str | None
+    upstream_verify: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    listen: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    level: str  # "debug" | "info" | "warning" | "error" | "critical"
+    format: str  # "json" | "console"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    max_request_line: int = 8190
+    max_header_bytes: int = 32768
+    max_headers: int = 100
+    max_in_flight: int = 1024
+    max_body_bytes: int = 0  # 0 = unlimited
+
+
+class OriginMatcher:
+    """Decides whether a request's `Origin` value is allowed; built by `proxy.origins`."""
+
+    allows_any: bool  # the route's origins are "*": every value passes, `*` is sent, no Vary: Origin
+
+    def matches(self, origin: str) -> bool:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class CorsPolicy:
+    mode: Mode
+    origins: OriginMatcher
+    allow_methods: frozenset[str]  # as configured (the six browser-normalised methods upper-cased)
+    any_method: bool  # allow_methods = ["*"]: echo the requested method
+    allow_methods_value: str | None  # pre-joined header value; None = send no header
+    allow_headers: frozenset[str]  # lower-cased
+    any_header: bool  # allow_headers = ["*"]: echo the requested list
+    allow_headers_value: str | None
+    expose_headers_value: str | None
+    allow_credentials: bool
+    max_age_value: str | None  # None = no Access-Control-Max-Age
+    allow_private_network: bool
+    preflight: Literal["proxy", "upstream"]
+    enforce: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderPolicy:
+    """CORP, COOP, COEP or Reporting: a fixed set of headers that the route owns."""
+
+    table: str  # "corp" | "coop" | "coep" | "reporting"
+    mode: Mode
+    owned: frozenset[str]  # lower-case header names of the policy (removed in set/remove)
+    headers: tuple[tuple[str, str], ...]  # (Name, value) written in set/default mode
+
+
+@dataclass(frozen=True, slots=True)
+class Policies:
+    cors: CorsPolicy | None = None
+    corp: HeaderPolicy | None = None
+    coop: HeaderPolicy | None = None
+    coep: HeaderPolicy | None = None
+    reporting: HeaderPolicy | None = None
+
+    @property
+    def header_policies(self) -> tuple[HeaderPolicy, ...]:
+        return tuple(p for p in (self.corp, self.coop, self.coep, self.reporting) if p is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    policies: Policies
+    hosts: tuple[str, ...] | None = None  # as written, for summaries
+    paths: tuple[str, ...] | None = None
+    methods: frozenset[str] | None = None
+    upstream: Upstream | None = None
+    # Compiled matchers; None matches everything.
+    host_matches: Callable[[str], bool] | None = field(default=None, compare=False, repr=False)
+    path_matches: Callable[[str], bool] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str  # the file name as given on the command line
+    proxy: ProxySettings
+    admin: AdminSettings | None
+    log: LogSettings
+    limits: Limits
+    routes: tuple[Route, ...]
+    default_route: Route
+    warnings: tuple[str, ...] = ()  # "FILE: key.path: message", printed by `check`
+    effective: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
