@@ -121,6 +121,9 @@ class Policies:
     coop: HeaderPolicy | None = None
     coep: HeaderPolicy | None = None
     reporting: HeaderPolicy | None = None
+    # Not configuration: `proxy.policy` caches the route's precomputed header edits here on
+    # first use (or when `proxy.config` calls `proxy.policy.compile_policies`).
+    compiled: Any = field(default=None, compare=False, hash=False, repr=False)
 
     @property
     def header_policies(self) -> tuple[HeaderPolicy, ...]:

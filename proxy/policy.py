@@ -1,0 +1,501 @@
+"""The policy engine: what the proxy does with CORS, CORP, COOP, COEP and Reporting headers.
+
+Pure functions over plain data, no I/O; the server, `coxp explain` and the logs share them.
+The request path follows the Fetch standard's steps in order:
+
+1. `request_info` collects the request's CORS-relevant headers once;
+2. `decide` classifies it (off / not-cors / same-origin / preflight / actual) and, for a CORS
+   request, runs the CORS check (Fetch §4.10 "CORS check"), then for a preflight the method
+   and header checks (Fetch §4.9 "CORS-preflight fetch", steps 7.3-7.7) and the Private
+   Network Access check; the result is a `Decision` holding data only: an optional
+   `ProxyAnswer` and one `PolicyEdit` per policy table;
+3. `apply_edits` — the one place where headers change — applies the edits' modes
+   (`set`/`default`/`remove`/`pass`) to a header list and merges `Vary`.
+
+Everything that depends only on the configuration (header tuples, edits, Vary tokens) is
+computed once per `Policies` object and cached on it (`Policies.compiled`), so a request costs
+a few lookups and, for an allowed CORS request, one small tuple with the echoed values.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from proxy.model import CorsPolicy, HeaderPolicy, Mode, Policies, Route
+from proxy.origins import normalize_origin
+
+__all__ = [
+    "Decision",
+    "EditResult",
+    "PolicyEdit",
+    "ProxyAnswer",
+    "RequestInfo",
+    "apply_edits",
+    "compile_policies",
+    "decide",
+    "proxy_response_headers",
+    "request_info",
+    "routing_method",
+]
+
+Kind = Literal["off", "not-cors", "same-origin", "preflight", "actual"]
+Header = tuple[str, str]
+
+# Fetch §4.9 step 7.5: these never need listing in Access-Control-Allow-Methods (CORS-safelisted
+# methods). Compared case-sensitively, as Fetch compares the ACRM value byte for byte.
+SAFELISTED_METHODS: Final = frozenset({"GET", "HEAD", "POST"})
+# RFC 9110 §5.6.2 token: a method (§9.1) and a header name (§5.1) are both tokens.
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_OWS: Final = " \t"  # RFC 9110 §5.6.3 optional whitespace
+
+# The headers CORS owns on an actual response (CONTRACT §3), as an exact set plus a prefix.
+CORS_OWNED: Final = frozenset({"access-control-expose-headers", "access-control-max-age"})
+CORS_PREFIX: Final = "access-control-allow-"
+# A preflight response edited in `set` mode carries exactly what a synthesized one would, so
+# every upstream `Access-Control-*` goes (CONTRACT §6 "preflight = upstream").
+PREFLIGHT_PREFIX: Final = "access-control-"
+_ACAO: Final = "access-control-allow-origin"
+
+ACAO = "Access-Control-Allow-Origin"
+ACAC = ("Access-Control-Allow-Credentials", "true")
+ACAPN = ("Access-Control-Allow-Private-Network", "true")
+
+# A response that depends on `Origin` says so, or a shared cache could serve one origin's
+# answer (or a no-Origin answer without CORS headers) to another (Fetch §3.2.5 "CORS protocol
+# and HTTP caches"). A preflight answer also depends on the method and headers requested.
+VARY_ORIGIN: Final = ("Origin",)
+VARY_PREFLIGHT: Final = ("Origin", "Access-Control-Request-Method", "Access-Control-Request-Headers")
+VARY_PREFLIGHT_ANY_ORIGIN: Final = VARY_PREFLIGHT[1:]  # `*` answers the same to every origin
+
+REASON_ORIGIN: Final = "origin-not-allowed"
+REASON_METHOD: Final = "method-not-allowed"
+REASON_HEADER: Final = "header-not-allowed"
+REASON_PRIVATE_NETWORK: Final = "private-network-not-allowed"
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """The request's CORS-relevant facts, collected once by `request_info`."""
+
+    method: str
+    origin: str | None  # None: no Origin; several lines are joined with ", " (and malformed)
+    origin_lines: int
+    request_method: str | None  # the first Access-Control-Request-Method line
+    request_method_lines: int
+    request_headers: str | None  # every Access-Control-Request-Headers line, joined with ", "
+    private_network: bool  # Access-Control-Request-Private-Network: true
+    own_origin: str | None  # normalised scheme://host of the request itself
+
+    @property
+    def looks_like_preflight(self) -> bool:
+        """Fetch §4.8 step 1: an OPTIONS with `Origin` and `Access-Control-Request-Method`."""
+        return self.method == "OPTIONS" and self.origin is not None and self.request_method is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyAnswer:
+    """A response the proxy makes without contacting the upstream; `body` is one line of text
+    (the server appends the newline), empty for the 204."""
+
+    status: int
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyEdit:
+    """What one policy table does to a response: data, applied only by `apply_edits`."""
+
+    table: str  # "cors" | "corp" | "coop" | "coep" | "reporting"
+    mode: Mode
+    owned: frozenset[str]  # lower-case names the table owns (removed in set/remove)
+    owned_prefix: str | None  # and every name starting with this (CORS)
+    trigger: frozenset[str]  # `default` mode keeps the upstream's when any of these is present
+    headers: tuple[Header, ...] = ()  # written in set/default mode
+    vary: tuple[str, ...] = ()  # tokens merged into Vary in set/default mode
+
+    def owns(self, name: str) -> bool:
+        """`name` lower-case."""
+        return name in self.owned or (self.owned_prefix is not None and name.startswith(self.owned_prefix))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of `decide`, for the server, `explain` and the decision log."""
+
+    route: str
+    kind: Kind
+    cors: str  # log value: not-cors | same-origin | allowed | denied | preflight-allowed | preflight-denied | off
+    reason: str | None
+    origin: str | None  # the request's Origin as received (for the log)
+    answer: ProxyAnswer | None  # set when the proxy answers without contacting the upstream
+    edits: tuple[PolicyEdit, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EditResult:
+    headers: list[Header]
+    set_names: list[str]  # lower-case; `vary` only when a token was merged
+    removed_names: list[str]  # lower-case; a replaced header is in both lists
+
+
+# --------------------------------------------------------------------------------------------
+# Step 1: collect the request's facts
+
+
+def request_info(method: str, headers: list[Header], scheme: str, host: str | None) -> RequestInfo:
+    """Collect every value of the CORS request headers; `scheme` and `host` (the `Host`, or a
+    trusted proxy's `X-Forwarded-Proto`/`-Host`) make the request's own origin."""
+    origins: list[str] = []
+    acrm: list[str] = []
+    acrh: list[str] = []
+    pna = False
+    for name, value in headers:
+        if name[0] not in "oOaA":  # cheap pre-filter: every name we read starts with o or a
+            continue
+        lower = name.lower()
+        if lower == "origin":
+            origins.append(value.strip(_OWS))
+        elif lower == "access-control-request-method":
+            acrm.append(value.strip(_OWS))
+        elif lower == "access-control-request-headers":
+            acrh.append(value.strip(_OWS))
+        elif lower == "access-control-request-private-network":
+            pna = pna or value.strip(_OWS).lower() == "true"
+    own = None
+    if origins and host:
+        own = normalize_origin(f"{scheme.lower()}://{host}")
+    return RequestInfo(
+        method=method,
+        origin=", ".join(origins) if origins else None,
+        origin_lines=len(origins),
+        request_method=acrm[0] if acrm else None,
+        request_method_lines=len(acrm),
+        # RFC 9110 §5.3: several field lines of a list-based field combine with commas.
+        request_headers=", ".join(acrh) if acrh else None,
+        private_network=pna,
+        own_origin=own,
+    )
+
+
+def routing_method(info: RequestInfo) -> str:
+    """The method a route's `methods` is matched against: for a preflight, the one requested."""
+    if info.looks_like_preflight:
+        return info.request_method  # type: ignore[return-value]
+    return info.method
+
+
+# --------------------------------------------------------------------------------------------
+# Precomputation (once per Policies object)
+
+
+def _edit_for(policy: HeaderPolicy) -> PolicyEdit:
+    # CORP/COOP/COEP/Reporting: `default` keeps the upstream's if it sent any of its headers.
+    return PolicyEdit(policy.table, policy.mode, policy.owned, None, policy.owned, policy.headers)
+
+
+class _Compiled:
+    """The fixed parts of a route's decisions, built once per `Policies`."""
+
+    __slots__ = (
+        "cors", "header_edits", "off", "plain", "star_actual", "actual_tail", "cors_mode",
+        "preflight_denied", "preflight_vary", "credentials",
+    )
+
+    def __init__(self, policies: Policies) -> None:
+        self.header_edits = tuple(_edit_for(p) for p in policies.header_policies)
+        cors = policies.cors
+        self.cors = cors
+        if cors is None or cors.mode in ("remove", "pass"):
+            self.cors = None
+            extra = () if cors is None else (
+                PolicyEdit("cors", cors.mode, CORS_OWNED, CORS_PREFIX, frozenset({_ACAO})),
+            )
+            self.off = extra + self.header_edits
+            return
+        self.cors_mode = cors.mode
+        star = cors.origins.allows_any
+        self.credentials = cors.allow_credentials
+        tail: list[Header] = []
+        if cors.allow_credentials:
+            tail.append(ACAC)
+        if cors.expose_headers_value:
+            tail.append(("Access-Control-Expose-Headers", cors.expose_headers_value))
+        self.actual_tail = tuple(tail)
+        # "*" origins (credentials are then off): every response gets `*`, and varies not.
+        self.star_actual = self.actual_edits((ACAO, "*"), *self.actual_tail) if star else None
+        self.plain = self.star_actual if star else self.actual_edits()
+        self.preflight_vary = VARY_PREFLIGHT_ANY_ORIGIN if star else VARY_PREFLIGHT
+        self.preflight_denied = self.preflight_edits()
+
+    def actual_edits(self, *headers: Header) -> tuple[PolicyEdit, ...]:
+        vary = () if self.cors.origins.allows_any else VARY_ORIGIN  # type: ignore[union-attr]
+        edit = PolicyEdit("cors", self.cors_mode, CORS_OWNED, CORS_PREFIX, frozenset({_ACAO}), headers, vary)
+        return (edit,) + self.header_edits
+
+    def preflight_edits(self, *headers: Header) -> tuple[PolicyEdit, ...]:
+        edit = PolicyEdit("cors", self.cors_mode, frozenset(), PREFLIGHT_PREFIX, frozenset({_ACAO}),
+                          headers, self.preflight_vary)
+        return (edit,) + self.header_edits
+
+
+def compile_policies(policies: Policies) -> _Compiled:
+    """The precomputed edits of `policies`, built on first use and cached on the object.
+
+    `proxy.config` may call it at load time so the first request does not pay for it.
+    """
+    compiled = policies.compiled
+    if compiled is None:
+        compiled = _Compiled(policies)
+        object.__setattr__(policies, "compiled", compiled)  # a cache, not config: see model.py
+    return compiled
+
+
+# --------------------------------------------------------------------------------------------
+# Step 2: decide
+
+
+def decide(route: Route, info: RequestInfo, websocket: bool = False) -> Decision:
+    """Classify the request on `route` and decide every policy header of its response.
+
+    `websocket=True`: CORS headers are not applied to the handshake's `101` (CONTRACT §4), but
+    the CORS check still runs for the log and for `enforce`.
+    """
+    c = compile_policies(route.policies)
+    cors = c.cors
+    if cors is None:  # no CORS table, or remove/pass: the proxy does no CORS
+        return Decision(route.name, "off", "off", None, info.origin, None, c.off)
+    if info.origin is None:
+        return _plain(route, c, info, "not-cors", websocket)
+    if info.origin_lines == 1 and info.own_origin is not None \
+            and normalize_origin(info.origin) == info.own_origin:
+        return _plain(route, c, info, "same-origin", websocket)
+    if info.request_method is not None and info.method == "OPTIONS":
+        return _preflight(route, c, cors, info)
+    return _actual(route, c, cors, info, websocket)
+
+
+def _plain(route: Route, c: _Compiled, info: RequestInfo, kind: Kind, websocket: bool) -> Decision:
+    """not-cors / same-origin: no ACAO unless the route's origins are `*` (CONTRACT §6)."""
+    edits = c.header_edits if websocket else c.plain
+    return Decision(route.name, kind, kind, None, info.origin, None, edits)
+
+
+def _origin_allowed(cors: CorsPolicy, info: RequestInfo) -> bool:
+    """Fetch §4.10 CORS check, from the server's side: is this `Origin` one we allow?
+
+    Several `Origin` lines are not one serialized origin (CONTRACT §6): only `*` passes them.
+    """
+    matcher = cors.origins
+    if matcher.allows_any:
+        return True
+    return info.origin_lines == 1 and matcher.matches(info.origin)  # type: ignore[arg-type]
+
+
+def _allow_origin(c: _Compiled, origin: str) -> tuple[Header, ...]:
+    """ACAO and its companions for an allowed origin; `*` when the origins are `*` and
+    credentials off (Fetch §3.2.3: `*` never works with credentials), else the exact bytes
+    the request sent, as the CORS check compares them byte for byte (Fetch §4.10 step 4)."""
+    if c.star_actual is not None:
+        return ((ACAO, "*"),) + c.actual_tail
+    return ((ACAO, origin),) + c.actual_tail
+
+
+def _actual(route: Route, c: _Compiled, cors: CorsPolicy, info: RequestInfo, websocket: bool) -> Decision:
+    """An actual CORS request: allowed origins get ACAO (+ credentials, expose)."""
+    origin = info.origin
+    if _origin_allowed(cors, info):
+        if websocket:
+            edits = c.header_edits
+        elif c.star_actual is not None:
+            edits = c.star_actual
+        else:
+            edits = c.actual_edits(*_allow_origin(c, origin))  # type: ignore[arg-type]
+        return Decision(route.name, "actual", "allowed", None, origin, None, edits)
+    # CORS does not stop a request, it hides the answer from the page: without `enforce` the
+    # request is forwarded and its response simply carries no CORS headers.
+    answer = ProxyAnswer(403, f"{REASON_ORIGIN}: CORS request denied") if cors.enforce else None
+    edits = c.plain if (answer is not None or not websocket) else c.header_edits
+    return Decision(route.name, "actual", "denied", REASON_ORIGIN, origin, answer, edits)
+
+
+def _method_allowed(cors: CorsPolicy, info: RequestInfo) -> bool:
+    """Fetch §4.9 steps 7.3, 7.5: the requested method must be one token, safelisted or listed
+    (case-sensitive). Two ACRM lines, or `GET, DELETE`, are not one method."""
+    method = info.request_method
+    if info.request_method_lines != 1 or not _TOKEN.fullmatch(method):  # type: ignore[arg-type]
+        return False
+    return method in SAFELISTED_METHODS or cors.any_method or method in cors.allow_methods
+
+
+def _requested_headers(info: RequestInfo) -> list[str] | None:
+    """The names in Access-Control-Request-Headers (whitespace around commas and empty
+    elements ignored, RFC 9110 §5.6.1); None when one is not a token."""
+    if not info.request_headers:
+        return []
+    names = []
+    for element in info.request_headers.split(","):
+        element = element.strip(_OWS)
+        if not element:
+            continue
+        if not _TOKEN.fullmatch(element):
+            return None
+        names.append(element)
+    return names
+
+
+def _headers_allowed(cors: CorsPolicy, names: list[str] | None) -> bool:
+    """Fetch §4.9 step 7.7: every requested name listed (case-insensitively). With `*` every
+    name passes: the requested list is echoed, so `Authorization` is named explicitly and the
+    Fetch rule that a bare `*` never covers it (step 7.7.1) is satisfied."""
+    if names is None:
+        return False
+    if cors.any_header:
+        return True
+    allowed = cors.allow_headers
+    return all(name.lower() in allowed for name in names)
+
+
+def _preflight(route: Route, c: _Compiled, cors: CorsPolicy, info: RequestInfo) -> Decision:
+    """A preflight: CORS check, then method, then headers, then Private Network Access."""
+    origin = info.origin
+    reason = None
+    if not _origin_allowed(cors, info):
+        reason = REASON_ORIGIN
+    elif not _method_allowed(cors, info):
+        reason = REASON_METHOD
+    else:
+        names = _requested_headers(info)
+        if not _headers_allowed(cors, names):
+            reason = REASON_HEADER
+        elif info.private_network and not cors.allow_private_network:
+            # Private Network Access §3.2: a public page reaching a private address must be
+            # explicitly allowed by the target.
+            reason = REASON_PRIVATE_NETWORK
+    forwarded = cors.preflight == "upstream"
+    if reason is not None:
+        answer = None
+        if not forwarded or (reason == REASON_ORIGIN and cors.enforce):
+            answer = ProxyAnswer(403, f"{reason}: CORS preflight denied")
+        return Decision(route.name, "preflight", "preflight-denied", reason, origin, answer, c.preflight_denied)
+
+    headers: list[Header] = [(ACAO, "*" if c.star_actual is not None else origin)]  # type: ignore[list-item]
+    if c.credentials:
+        headers.append(ACAC)
+    if cors.any_method:
+        headers.append(("Access-Control-Allow-Methods", info.request_method))  # type: ignore[arg-type]
+    elif cors.allow_methods_value:
+        headers.append(("Access-Control-Allow-Methods", cors.allow_methods_value))
+    if cors.any_header:
+        if names:
+            headers.append(("Access-Control-Allow-Headers", info.request_headers))  # type: ignore[arg-type]
+    elif cors.allow_headers_value:
+        headers.append(("Access-Control-Allow-Headers", cors.allow_headers_value))
+    if cors.max_age_value is not None:
+        headers.append(("Access-Control-Max-Age", cors.max_age_value))
+    if info.private_network:
+        headers.append(ACAPN)
+    answer = None if forwarded else ProxyAnswer(204, "")
+    return Decision(route.name, "preflight", "preflight-allowed", None, origin, answer, c.preflight_edits(*headers))
+
+
+# --------------------------------------------------------------------------------------------
+# Step 3: apply
+
+
+def apply_edits(edits: tuple[PolicyEdit, ...], headers: list[Header]) -> EditResult:
+    """Apply the edits to `headers` (not modified); the one place where headers change.
+
+    Per edit, by mode: `pass` touches nothing; `remove` drops the table's headers; `set` drops
+    them and writes the proxy's; `default` does nothing when a trigger header is present
+    (CORS: `Access-Control-Allow-Origin`), else acts as `set`. `Vary` is never replaced: the
+    edits' tokens are merged into it case-insensitively without duplicates (RFC 9110 §12.5.5).
+    """
+    present: set[str] | None = None
+    active: list[PolicyEdit] = []
+    for edit in edits:
+        mode = edit.mode
+        if mode == "pass":
+            continue
+        if mode == "default":
+            if present is None:
+                present = {name.lower() for name, _ in headers}
+            if not present.isdisjoint(edit.trigger):
+                continue
+        active.append(edit)
+    if not active:
+        return EditResult(list(headers), [], [])
+
+    out: list[Header] = []
+    removed: list[str] = []
+    for name, value in headers:
+        lower = name.lower()
+        if any(edit.owns(lower) for edit in active):
+            if lower not in removed:
+                removed.append(lower)
+            continue
+        out.append((name, value))
+
+    set_names: list[str] = []
+    tokens: list[str] = []
+    for edit in active:
+        if edit.mode == "remove":
+            continue
+        for name, value in edit.headers:
+            out.append((name, value))
+            lower = name.lower()
+            if lower not in set_names:
+                set_names.append(lower)
+        tokens.extend(edit.vary)
+    if tokens and _merge_vary(out, tokens):
+        set_names.append("vary")
+    return EditResult(out, set_names, removed)
+
+
+def _merge_vary(headers: list[Header], tokens: list[str]) -> bool:
+    """Merge `tokens` into the Vary of `headers` in place; True when one was added.
+
+    Several Vary lines are combined into the first (RFC 9110 §5.3); the upstream's tokens are
+    kept as written. `Vary: *` already varies on everything, so nothing is added to it.
+    """
+    positions = [i for i, (name, _) in enumerate(headers) if name.lower() == "vary"]
+    existing: list[str] = []
+    for i in positions:
+        existing.extend(t for t in (e.strip(_OWS) for e in headers[i][1].split(",")) if t)
+    seen = {t.lower() for t in existing}
+    if "*" in seen:
+        return False
+    missing: list[str] = []
+    for token in tokens:
+        lower = token.lower()
+        if lower not in seen:
+            seen.add(lower)
+            missing.append(token)
+    if not missing:
+        return False
+    value = ", ".join(existing + missing)
+    if positions:
+        headers[positions[0]] = (headers[positions[0]][0], value)
+        for i in reversed(positions[1:]):
+            del headers[i]
+    else:
+        headers.append(("Vary", value))
+    return True
+
+
+def proxy_response_headers(decision: Decision, content_type: str | None, body_length: int) -> EditResult:
+    """The headers of a response the proxy makes itself (synthesized preflight, 403, 502, 504,
+    404...): `Content-Type` and `Content-Length` when `content_type` is given (pass None for a
+    bodiless 204: RFC 9110 §8.6 forbids Content-Length there), then the decision's edits —
+    CORP/COOP/COEP/Reporting apply to these responses too, and the route's CORS headers when
+    the origin is allowed, so page scripts can read a 502's status."""
+    base: list[Header] = []
+    if content_type is not None:
+        base = [("Content-Type", content_type), ("Content-Length", str(body_length))]
+    result = apply_edits(decision.edits, base)
+    names = [n.lower() for n, _ in base]
+    return EditResult(result.headers, names + result.set_names, result.removed_names)
