@@ -1,0 +1,221 @@
+"""One client connection: buffered reads with flow control, timed request heads, body streams.
+
+An asyncio.Protocol rather than streams: the request path reads straight from one buffer,
+pauses the socket when the consumer (the upstream) is slower than the client, and cancels the
+request in flight the moment the client goes away.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, AsyncIterator, Callable
+
+from proxy.http1 import BadRequest, ChunkedDecoder, RequestHead, head_end, parse_head
+from proxy.model import Limits
+
+if TYPE_CHECKING:
+    from proxy.server import ProxyServer
+
+READ_HIGH_WATER = 512 * 1024  # pause reading the socket beyond this many buffered bytes
+READ_CHUNK = 256 * 1024  # largest body piece handed on at once
+
+
+class ClientGone(Exception):
+    """The client closed or reset the connection."""
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, server: "ProxyServer", tls: bool):
+        self.server = server
+        self.scheme = "https" if tls else "http"
+        self.transport: asyncio.Transport | None = None
+        self.peer_ip = ""
+        self.buffer = bytearray()
+        self.eof = False
+        self.lost = False
+        self.busy = False  # a request is being handled (SIGTERM waits for it, disconnect cancels it)
+        self.body_complete = True  # the current request's body was read to its end
+        self._data_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._paused_reading = False
+        self._paused_writing = False
+        self._task: asyncio.Task[None] | None = None
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if isinstance(peer, tuple) else ""
+        self.server.connections.add(self)
+        self._task = asyncio.get_running_loop().create_task(self._serve())
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) > READ_HIGH_WATER and not self._paused_reading:
+            self._paused_reading = True
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake_reader()
+        return True  # keep our side open: the response may still be on its way
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.server.connections.discard(self)
+        self._wake_reader()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(ClientGone())
+        if self.busy and self._task is not None:
+            # A client that goes away cancels its upstream request (contract §4).
+            self._task.cancel()
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    # --- reading ----------------------------------------------------------------------------
+    def _wake_reader(self) -> None:
+        if self._data_waiter is not None and not self._data_waiter.done():
+            self._data_waiter.set_result(None)
+
+    async def _receive(self) -> None:
+        """Wait until more bytes arrive; ClientGone when none ever will."""
+        if self.lost or self.eof:
+            raise ClientGone()
+        if self._paused_reading:
+            self._paused_reading = False
+            self.transport.resume_reading()
+        self._data_waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._data_waiter
+        finally:
+            self._data_waiter = None
+        if self.lost or (self.eof and not self.buffer):
+            raise ClientGone()
+
+    async def read_head(self, limits: Limits, first: bool) -> RequestHead | None:
+        """The next request head, or None when the client closes or idles out between requests.
+
+        A new connection must deliver a whole head within `header_timeout`; on a kept-alive
+        one `keepalive_timeout` runs until the first byte, then `header_timeout` for the head.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.header_timeout
+        # RFC 9112 §2.2: ignore empty lines before a request line.
+        while self.buffer[:2] == b"\r\n":
+            del self.buffer[:2]
+        if not self.buffer and not first:
+            try:
+                async with asyncio.timeout(limits.keepalive_timeout):
+                    await self._receive()
+            except (TimeoutError, ClientGone):
+                return None
+            deadline = loop.time() + limits.header_timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    while self.buffer[:2] == b"\r\n":
+                        del self.buffer[:2]
+                    end = head_end(self.buffer, limits) if self.buffer else -1
+                    if end >= 0:
+                        head = bytes(self.buffer[:end])
+                        del self.buffer[:end]
+                        return parse_head(head, limits)
+                    await self._receive()
+        except (TimeoutError, ClientGone):
+            return None
+
+    async def body(self, head: RequestHead, max_bytes: int, on_start: Callable[[], None]) -> AsyncIterator[bytes]:
+        """Stream the request body; BadRequest(400/413) on bad framing or size mid-stream."""
+        self.body_complete = False
+        on_start()
+        received = 0
+        if head.chunked:
+            decoder = ChunkedDecoder()
+            while not decoder.done:
+                if not self.buffer:
+                    await self._receive()
+                for piece in decoder.feed(self.buffer):
+                    received += len(piece)
+                    if max_bytes and received > max_bytes:
+                        raise BadRequest(413, "body-too-large")
+                    yield piece
+        else:
+            remaining = head.content_length or 0
+            while remaining:
+                if not self.buffer:
+                    await self._receive()
+                take = min(remaining, len(self.buffer), READ_CHUNK)
+                piece = bytes(self.buffer[:take])
+                del self.buffer[:take]
+                remaining -= take
+                yield piece
+        self.body_complete = True
+
+    async def read_some(self) -> bytes:
+        """Whatever bytes are there (waiting for some); b"" once the client has finished sending."""
+        if not self.buffer:
+            try:
+                await self._receive()
+            except ClientGone:
+                return b""
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        return data
+
+    # --- writing ----------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if not self.lost:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.lost:
+            raise ClientGone()
+        if self._paused_writing:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    def abort(self) -> None:
+        """Close without a clean end, so the client sees an aborted response, not a short one."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    # --- the request loop -------------------------------------------------------------------
+    async def _serve(self) -> None:
+        first = True
+        try:
+            while not self.server.stopping:
+                state = self.server.state
+                try:
+                    head = await self.read_head(state.config.limits, first)
+                except BadRequest as refused:
+                    await self.server.refuse(self, refused)
+                    break
+                if head is None:
+                    break
+                first = False
+                self.busy = True
+                try:
+                    keep_alive = await self.server.handle(self, head)
+                finally:
+                    self.busy = False
+                    self.server.request_done()
+                if not keep_alive or not self.body_complete:
+                    break
+        except (ClientGone, asyncio.CancelledError):
+            pass
+        finally:
+            self.close()
+

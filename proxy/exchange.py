@@ -1,0 +1,188 @@
+"""One request/response exchange: route, decide, then answer or forward, and log the decision.
+
+Every response, whether the proxy makes it or the upstream does, gets its policy headers from
+`proxy.policy` — the same code `coxp explain` runs.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, AsyncIterator
+
+from proxy.connection import ClientConnection, ClientGone
+from proxy.forwarding import (
+    UpstreamAborted,
+    UpstreamFailure,
+    first_value,
+    is_trusted,
+    upstream_headers,
+)
+from proxy.http1 import BadRequest, RequestHead, no_body_status, serialize_head, text_body
+from proxy.policy import Decision, apply_edits, decide, proxy_response_headers, request_info, routing_method
+from proxy.tunnel import open_tunnel
+
+if TYPE_CHECKING:
+    from proxy.server import ServingState
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_TEXT = "text/plain; charset=utf-8"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the decision log records about a finished exchange."""
+
+    status: int
+    upstream_status: int | None
+    headers_set: list[str]
+    headers_removed: list[str]
+
+
+async def exchange(state: "ServingState", conn: ClientConnection, head: RequestHead) -> bool:
+    """Serve one request; True when the connection may carry another."""
+    started = time.perf_counter()
+    config = state.config
+    trusted = is_trusted(conn.peer_ip, config.proxy.trusted_proxies)
+    scheme, host = conn.scheme, head.host
+    if trusted:
+        # Behind a trusted load balancer the request's own origin is the one it received.
+        scheme = first_value(head.headers, "x-forwarded-proto") or scheme
+        host = first_value(head.headers, "x-forwarded-host") or host
+    info = request_info(head.method, head.headers, scheme, host)
+    route = state.router.match(head.host, head.path, routing_method(info))
+    decision = decide(route, info, websocket=head.websocket)
+    keep_alive = head.keep_alive and not state.stopping()
+
+    if not state.admit():
+        outcome = answer(conn, decision, 503, "overloaded: too many requests in flight", False, [("Retry-After", "1")])
+        keep_alive = False
+    elif decision.answer is not None:
+        outcome = answer(conn, decision, decision.answer.status, decision.answer.body, keep_alive and not head.has_body)
+        keep_alive = keep_alive and not head.has_body
+    elif head.target == "*":
+        # `OPTIONS *` asks about the server as a whole; it has no resource to forward to.
+        outcome = answer(conn, decision, 204, "", keep_alive and not head.has_body, [("Allow", "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH")])
+        keep_alive = keep_alive and not head.has_body
+    elif (upstream := route.upstream or config.proxy.upstream) is None:
+        outcome = answer(conn, decision, 404, "not-found: no route matches and no upstream is configured", False)
+        keep_alive = False
+    elif config.limits.max_body_bytes and (head.content_length or 0) > config.limits.max_body_bytes:
+        outcome = answer(conn, decision, 413, "body-too-large", False)
+        keep_alive = False
+    elif head.websocket:
+        outcome = await open_tunnel(state, conn, head, upstream, decision, scheme)
+        keep_alive = False
+    else:
+        outcome, keep_alive = await forward(state, conn, head, upstream, decision, scheme, trusted, keep_alive)
+
+    state.log_request(head, decision, outcome, started)
+    return keep_alive
+
+
+def answer(
+    conn: ClientConnection,
+    decision: Decision,
+    status: int,
+    text: str,
+    keep_alive: bool,
+    extra: list[tuple[str, str]] | None = None,
+) -> Outcome:
+    """Send a response the proxy makes itself; the route's policy headers apply to it too."""
+    body = text_body(text)
+    edited = proxy_response_headers(decision, _TEXT if body else None, len(body))
+    headers = edited.headers + (extra or [])
+    if not keep_alive:
+        headers.append(("Connection", "close"))
+    conn.write(serialize_head(status, headers) + body)
+    return Outcome(status, None, edited.set_names, edited.removed_names)
+
+
+async def forward(
+    state: "ServingState",
+    conn: ClientConnection,
+    head: RequestHead,
+    upstream,
+    decision: Decision,
+    scheme: str,
+    trusted: bool,
+    keep_alive: bool,
+) -> tuple[Outcome, bool]:
+    config = state.config
+    headers = upstream_headers(head, config.proxy, upstream, conn.peer_ip, scheme, trusted)
+    refused: list[BadRequest] = []
+    body = _guarded_body(conn, head, config.limits.max_body_bytes, refused) if head.has_body else None
+    try:
+        response = await state.client.send(upstream, head.method, head.target, headers, body)
+    except (UpstreamFailure, ClientGone, OSError) as failure:
+        if refused:
+            return answer(conn, decision, refused[0].status, refused[0].reason, False), False
+        if isinstance(failure, ClientGone):
+            raise
+        if not isinstance(failure, UpstreamFailure):
+            failure = UpstreamFailure(502, "upstream-error", str(failure))
+        state.log.warning("upstream_error", upstream=upstream.url, reason=failure.reason, detail=failure.detail,
+                          method=head.method, path=head.path)
+        return answer(conn, decision, failure.status, f"{failure.status} {failure.reason}", False), False
+
+    try:
+        edited = apply_edits(decision.edits, response.headers)
+        out = edited.headers
+        status = response.status
+        no_body = no_body_status(status, head.method)
+        chunked = False
+        if no_body:
+            if status < 200 or status == 204:
+                out = [h for h in out if h[0].lower() != "content-length"]
+        elif response.content_length is None:
+            if head.http_minor >= 1:
+                out.append(("Transfer-Encoding", "chunked"))
+                chunked = True
+            else:
+                keep_alive = False  # HTTP/1.0 without a length: the end is marked by closing
+        # A body the upstream answered before reading to its end leaves the stream unframed.
+        keep_alive = keep_alive and conn.body_complete
+        if not keep_alive:
+            out.append(("Connection", "close"))
+        elif head.http_minor == 0:
+            out.append(("Connection", "keep-alive"))
+        conn.write(serialize_head(status, out, response.reason))
+        outcome = Outcome(status, status, edited.set_names, edited.removed_names)
+        if not no_body:
+            try:
+                await _relay_body(conn, response.chunks(), chunked)
+            except UpstreamAborted as broken:
+                state.log.warning("upstream_error", upstream=upstream.url, reason="upstream-response-aborted",
+                                  detail=str(broken), method=head.method, path=head.path)
+                conn.abort()
+                return outcome, False
+        response.release()
+        return outcome, keep_alive
+    finally:
+        response.close()
+
+
+async def _relay_body(conn: ClientConnection, chunks: AsyncIterator[bytes], chunked: bool) -> None:
+    async for data in chunks:
+        if not data:
+            continue
+        conn.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+        await conn.drain()
+    if chunked:
+        conn.write(b"0\r\n\r\n")
+
+
+async def _guarded_body(
+    conn: ClientConnection, head: RequestHead, max_bytes: int, refused: list[BadRequest]
+) -> AsyncIterator[bytes]:
+    """The request body for the upstream; a framing or size error is kept for the answer."""
+
+    def send_continue() -> None:
+        if head.expect_continue:
+            conn.write(_CONTINUE)
+
+    try:
+        async for piece in conn.body(head, max_bytes, send_continue):
+            yield piece
+    except BadRequest as bad:
+        refused.append(bad)
+        raise

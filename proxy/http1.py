@@ -1,0 +1,299 @@
+"""HTTP/1.1 request heads and chunked bodies, parsed strictly (RFC 9112).
+
+coxp sits in front of origins it does not control, so anything two parsers could read two ways
+(request smuggling material) is refused here with a precise status instead of being passed on.
+Pure functions over bytes; the connection I/O lives in `proxy.connection`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from proxy.model import Limits
+
+# RFC 9110 §5.6.2: token = 1*tchar
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9112 §3.2: the request target must not contain whitespace or control characters;
+# obs-text (0x80-0xff) is refused too, so what we forward is exactly what every parser agrees on.
+_TARGET = re.compile(rb"[\x21-\x7e]+")
+_VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
+# Field values: VCHAR, obs-text, SP and HTAB; any other control character is refused (RFC 9110 §5.5).
+_BAD_VALUE_CHAR = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(;[^\r\n]*)?")
+
+# RFC 9110 §7.6.1 plus the legacy names proxies must not forward either.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+
+
+class BadRequest(Exception):
+    """A request coxp refuses before routing: answered with `status`, logged as `bad_request`."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class RequestHead:
+    method: str
+    target: str  # raw, byte for byte as received
+    path: str  # raw target without the query
+    http_minor: int  # HTTP/1.<minor>
+    headers: list[tuple[str, str]]  # names as received, values without surrounding whitespace
+    host: str
+    content_length: int | None
+    chunked: bool
+    connection_tokens: frozenset[str]  # lower-cased tokens of Connection
+    keep_alive: bool
+    websocket: bool
+    expect_continue: bool
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+def head_end(buffer: bytearray | bytes, limits: Limits) -> int:
+    """Where the head in `buffer` ends (index after the blank line), or -1 if incomplete.
+
+    Raises BadRequest as soon as the bytes seen already break a limit, so a client cannot make
+    us buffer more than `max_header_bytes`.
+    """
+    line_end = buffer.find(b"\r\n")
+    if line_end < 0:
+        seen = len(buffer) - (1 if buffer.endswith(b"\r") else 0)
+        if seen > limits.max_request_line:
+            raise BadRequest(414, "request-line-too-long")
+        if b"\n" in buffer:
+            raise BadRequest(400, "bare-lf")
+    elif line_end > limits.max_request_line:
+        raise BadRequest(414, "request-line-too-long")
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buffer) > limits.max_header_bytes:
+            raise BadRequest(431, "request-head-too-large")
+        return -1
+    if end + 4 > limits.max_header_bytes:
+        raise BadRequest(431, "request-head-too-large")
+    return end + 4
+
+
+def parse_head(head: bytes, limits: Limits) -> RequestHead:
+    """Parse a complete request head (request line up to and including the blank line)."""
+    lines = head[:-4].split(b"\r\n")
+    if any(b"\n" in line or b"\r" in line for line in lines):
+        raise BadRequest(400, "bare-cr-or-lf")
+    if len(lines) - 1 > limits.max_headers:
+        raise BadRequest(431, "too-many-headers")
+    method, target, minor = _parse_request_line(lines[0])
+    headers = [_parse_field_line(line) for line in lines[1:]]
+
+    host_values: list[str] = []
+    length_values: list[str] = []
+    codings: list[str] = []
+    connection: set[str] = set()
+    upgrade = ""
+    expect = ""
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "host":
+            host_values.append(value)
+        elif lower == "content-length":
+            length_values.extend(v.strip() for v in value.split(","))
+        elif lower == "transfer-encoding":
+            codings.extend(c.strip().lower() for c in value.split(",") if c.strip())
+        elif lower == "connection":
+            connection.update(t.strip().lower() for t in value.split(",") if t.strip())
+        elif lower == "upgrade":
+            upgrade = value.lower()
+        elif lower == "expect":
+            expect = value.lower()
+
+    if len(host_values) != 1:
+        raise BadRequest(400, "missing-host" if not host_values else "repeated-host")
+    content_length = _content_length(length_values)
+    chunked = False
+    if codings:
+        if content_length is not None:
+            raise BadRequest(400, "content-length-with-transfer-encoding")
+        if codings[-1] != "chunked":
+            raise BadRequest(400, "transfer-encoding-not-chunked")
+        if len(codings) > 1:
+            # Only `chunked` can be removed and re-applied hop by hop; other codings would
+            # have to be forwarded as transfer-codings, which upstreams rarely support.
+            raise BadRequest(501, "transfer-coding-not-supported")
+        if minor == 0:
+            raise BadRequest(400, "transfer-encoding-in-http-1.0")
+        chunked = True
+
+    keep_alive = "close" not in connection if minor >= 1 else "keep-alive" in connection
+    websocket = "upgrade" in connection and "websocket" in upgrade and method == "GET"
+    return RequestHead(
+        method=method,
+        target=target,
+        path=target.split("?", 1)[0],
+        http_minor=minor,
+        headers=headers,
+        host=host_values[0],
+        content_length=content_length,
+        chunked=chunked,
+        connection_tokens=frozenset(connection),
+        keep_alive=keep_alive,
+        websocket=websocket,
+        expect_continue=expect == "100-continue",
+    )
+
+
+def _parse_request_line(line: bytes) -> tuple[str, str, int]:
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        raise BadRequest(400, "malformed-request-line")
+    method, target, version = parts
+    if not _TOKEN.fullmatch(method):
+        raise BadRequest(400, "malformed-method")
+    match = _VERSION.fullmatch(version)
+    if match is None:
+        raise BadRequest(400, "malformed-http-version")
+    if match.group(1) != b"1":
+        raise BadRequest(505, "http-version-not-supported")
+    if not _TARGET.fullmatch(target) or b"#" in target:
+        raise BadRequest(400, "malformed-request-target")
+    # RFC 9112 §3.2: a proxy in reverse mode accepts origin-form only, and `*` for OPTIONS.
+    if not (target.startswith(b"/") or (target == b"*" and method == b"OPTIONS")):
+        raise BadRequest(400, "request-target-not-origin-form")
+    return method.decode("ascii"), target.decode("ascii"), int(match.group(2))
+
+
+def _parse_field_line(line: bytes) -> tuple[str, str]:
+    if line[:1] in (b" ", b"\t"):
+        # RFC 9112 §5.2: obs-fold is refused rather than unfolded.
+        raise BadRequest(400, "obsolete-line-folding")
+    name, colon, value = line.partition(b":")
+    if not colon or not _TOKEN.fullmatch(name):
+        raise BadRequest(400, "malformed-header-field")
+    value = value.strip(b" \t")
+    if _BAD_VALUE_CHAR.search(value):
+        raise BadRequest(400, "control-character-in-header-value")
+    return name.decode("ascii"), value.decode("latin-1")
+
+
+def _content_length(values: list[str]) -> int | None:
+    if not values:
+        return None
+    if any(not v.isdigit() or not v.isascii() for v in values):
+        raise BadRequest(400, "malformed-content-length")
+    lengths = {int(v) for v in values}
+    if len(lengths) != 1:
+        # RFC 9112 §6.3: differing lengths make the message boundary ambiguous.
+        raise BadRequest(400, "conflicting-content-length")
+    return lengths.pop()
+
+
+class ChunkedDecoder:
+    """Incremental decoder of a chunked request body (RFC 9112 §7.1).
+
+    `feed` consumes from the front of the buffer and returns decoded data; `done` turns true
+    after the last chunk and its trailer section. Trailer fields are discarded: coxp forwards
+    the body with its own framing and does not promise trailers.
+    """
+
+    __slots__ = ("remaining", "state", "done", "_max_line")
+
+    def __init__(self, max_line: int = 4096):
+        self.remaining = 0
+        self.state = "size"  # size | data | data-crlf | trailer
+        self.done = False
+        self._max_line = max_line
+
+    def feed(self, buffer: bytearray) -> list[bytes]:
+        out: list[bytes] = []
+        while buffer and not self.done:
+            if self.state == "data":
+                take = min(self.remaining, len(buffer))
+                out.append(bytes(buffer[:take]))
+                del buffer[:take]
+                self.remaining -= take
+                if self.remaining == 0:
+                    self.state = "data-crlf"
+            elif self.state == "data-crlf":
+                if len(buffer) < 2:
+                    break
+                if buffer[:2] != b"\r\n":
+                    raise BadRequest(400, "bad-chunk-framing")
+                del buffer[:2]
+                self.state = "size"
+            else:
+                line = self._take_line(buffer)
+                if line is None:
+                    break
+                if self.state == "size":
+                    match = _CHUNK_SIZE.fullmatch(line)
+                    if match is None:
+                        raise BadRequest(400, "bad-chunk-framing")
+                    self.remaining = int(match.group(1), 16)
+                    self.state = "data" if self.remaining else "trailer"
+                elif line:
+                    _parse_field_line(line)  # validated, then dropped
+                else:
+                    self.done = True
+        return out
+
+    def _take_line(self, buffer: bytearray) -> bytes | None:
+        end = buffer.find(b"\r\n")
+        if end < 0:
+            if len(buffer) > self._max_line:
+                raise BadRequest(400, "bad-chunk-framing")
+            return None
+        line = bytes(buffer[:end])
+        del buffer[: end + 2]
+        if b"\n" in line or b"\r" in line:
+            raise BadRequest(400, "bad-chunk-framing")
+        return line
+
+
+_REASONS = {
+    100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created", 202: "Accepted",
+    204: "No Content", 206: "Partial Content", 301: "Moved Permanently", 302: "Found",
+    303: "See Other", 304: "Not Modified", 307: "Temporary Redirect", 308: "Permanent Redirect",
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
+    414: "URI Too Long", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+}
+
+
+def text_body(text: str) -> bytes:
+    """The one-line text/plain body of a response coxp makes itself."""
+    return (text + "\n").encode() if text else b""
+
+
+def status_line(status: int, reason: str | None = None) -> bytes:
+    return f"HTTP/1.1 {status} {reason or _REASONS.get(status, 'Unknown')}\r\n".encode("latin-1")
+
+
+def serialize_fields(headers: list[tuple[str, str]]) -> bytes:
+    """Header lines and the blank line that ends a head."""
+    return "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1") + b"\r\n"
+
+
+def serialize_head(status: int, headers: list[tuple[str, str]], reason: str | None = None) -> bytes:
+    return status_line(status, reason) + serialize_fields(headers)
+
+
+def no_body_status(status: int, method: str) -> bool:
+    """RFC 9110 §6.4.1: HEAD responses, 1xx, 204 and 304 never carry content."""
+    return method == "HEAD" or status < 200 or status in (204, 304)

@@ -1,0 +1,30 @@
+"""Counters declared in one place (as Envoy does): what the admin /metrics endpoint exposes."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._requests = Counter(
+            "coxp_requests", "Requests served, by route, CORS classification and status",
+            ["route", "cors", "status"], registry=self.registry,
+        )
+        self._bad_requests = Counter(
+            "coxp_bad_requests", "Requests refused before routing, by status", ["status"], registry=self.registry
+        )
+        self._duration = Histogram(
+            "coxp_request_duration_seconds", "Time from request head to the end of the response", ["route"],
+            registry=self.registry, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+
+    def observe(self, route: str, cors: str, status: int, duration_ms: float) -> None:
+        self._requests.labels(route, cors, str(status)).inc()
+        self._duration.labels(route).observe(duration_ms / 1000)
+
+    def bad_request(self, status: int) -> None:
+        self._bad_requests.labels(str(status)).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,221 @@
+"""Server lifecycle: listeners, the serving state, reload on SIGHUP, drain on SIGTERM, workers.
+
+The whole serving state (config, router, upstream client) is swapped in one assignment on
+reload; a request in flight keeps the state it started with.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from proxy import logs
+from proxy.config import load_config
+from proxy.connection import ClientConnection
+from proxy.errors import ConfigError
+from proxy.exchange import Outcome, exchange
+from proxy.forwarding import UpstreamClient
+from proxy.http1 import BadRequest, RequestHead, serialize_head, text_body
+from proxy.metrics import Metrics
+from proxy.model import Config, Endpoint
+from proxy.policy import Decision
+from proxy.routing import Router
+
+DRAIN_SECONDS = 10.0
+
+
+@dataclass(slots=True)
+class ServingState:
+    config: Config
+    router: Router
+    client: UpstreamClient
+    log: object
+    metrics: Metrics
+    stopping: Callable[[], bool]
+    admit: Callable[[], bool]
+
+    def log_request(self, head: RequestHead, decision: Decision, outcome: Outcome, started: float) -> None:
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        self.metrics.observe(decision.route, decision.cors, outcome.status, duration_ms)
+        self.log.info(
+            "request",
+            route=decision.route,
+            method=head.method,
+            path=head.path,
+            origin=decision.origin,
+            cors=decision.cors,
+            reason=decision.reason,
+            headers_set=outcome.headers_set,
+            headers_removed=outcome.headers_removed,
+            status=outcome.status,
+            upstream_status=outcome.upstream_status,
+            duration_ms=duration_ms,
+        )
+
+
+class ProxyServer:
+    def __init__(self, config: Config, config_path: str | None, overrides: dict | None, reload_logging: bool = True):
+        self.config_path = config_path
+        self.overrides = overrides
+        self.connections: set[ClientConnection] = set()
+        self.stopping = False
+        self.in_flight = 0
+        self.metrics = Metrics()
+        self._servers: list[asyncio.base_events.Server] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.state = self._build_state(config)
+
+    def _build_state(self, config: Config, client: UpstreamClient | None = None) -> ServingState:
+        if client is None or client.settings != config.proxy:
+            client = UpstreamClient(config.proxy)
+        return ServingState(
+            config=config,
+            router=Router(config),
+            client=client,
+            log=logs.get_logger(),
+            metrics=self.metrics,
+            stopping=lambda: self.stopping,
+            admit=self._admit,
+        )
+
+    # --- requests ---------------------------------------------------------------------------
+    def _admit(self) -> bool:
+        return self.in_flight <= self.state.config.limits.max_in_flight
+
+    async def handle(self, conn: ClientConnection, head: RequestHead) -> bool:
+        self.in_flight += 1
+        self._idle.clear()
+        return await exchange(self.state, conn, head)
+
+    def request_done(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def refuse(self, conn: ClientConnection, refused: BadRequest) -> None:
+        """Requests rejected before routing: a short answer, the connection closed, a log line."""
+        body = text_body(f"{refused.status} {refused.reason}")
+        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))), ("Connection", "close")]
+        conn.write(serialize_head(refused.status, headers) + body)
+        self.metrics.bad_request(refused.status)
+        self.state.log.info("bad_request", status=refused.status, reason=refused.reason, peer=conn.peer_ip)
+
+    # --- lifecycle --------------------------------------------------------------------------
+    async def start(self, sock: socket.socket | None = None) -> str:
+        """Start listening; returns the address actually bound (port 0 picks a free one)."""
+        proxy = self.state.config.proxy
+        tls = server_tls_context(proxy.tls_cert, proxy.tls_key) if proxy.tls_cert else None
+        loop = asyncio.get_running_loop()
+        factory = lambda: ClientConnection(self, tls is not None)  # noqa: E731
+        if sock is not None:
+            server = await loop.create_server(factory, sock=sock, ssl=tls, backlog=2048)
+        else:
+            server = await loop.create_server(
+                factory, proxy.listen.host, proxy.listen.port, ssl=tls, backlog=2048, reuse_address=True
+            )
+        self._servers.append(server)
+        bound = server.sockets[0].getsockname()
+        return str(Endpoint(bound[0], bound[1]))
+
+    def reload(self) -> bool:
+        """SIGHUP: load the file again; an invalid config is logged and the old one keeps serving."""
+        log = self.state.log
+        try:
+            config = load_config(self.config_path, self.overrides)
+        except ConfigError as error:
+            log.error("config_error", errors=error.lines())
+            return False
+        except Exception as error:  # noqa: BLE001 - a reload must never take the server down
+            log.error("config_error", errors=[f"{self.config_path}: {error}"])
+            return False
+        old = self.state
+        self.state = self._build_state(config, old.client)
+        if self.state.client is not old.client:
+            asyncio.get_running_loop().create_task(_close_later(old.client))
+        self.state.log.info("config_reloaded", routes=[r.name for r in config.routes], source=config.source)
+        return True
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let requests in flight finish (up to DRAIN_SECONDS), close the rest."""
+        self.stopping = True
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            if not conn.busy:
+                conn.close()
+        try:
+            await asyncio.wait_for(self._idle.wait(), DRAIN_SECONDS)
+        except asyncio.TimeoutError:
+            pass
+        for conn in list(self.connections):
+            conn.close()
+        await self.state.client.close()
+
+
+async def _close_later(client: UpstreamClient) -> None:
+    # Requests that started before the reload still use the old pool; give them time to finish.
+    await asyncio.sleep(DRAIN_SECONDS * 6)
+    await client.close()
+
+
+def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def install_event_loop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def serve(config: Config, config_path: str | None, overrides: dict | None, sock: socket.socket | None = None,
+                admin: bool = True) -> int:
+    """Run one serving process until SIGTERM/SIGINT; returns the exit status."""
+    server = ProxyServer(config, config_path, overrides)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP, server.reload)
+    address = await server.start(sock)
+    admin_runner = None
+    if admin and config.admin is not None:
+        from proxy.admin import start_admin
+
+        admin_runner = await start_admin(server, config.admin.listen)
+    server.state.log.info("listening", listen=address, pid=os.getpid(), tls=bool(config.proxy.tls_cert),
+                          admin=str(config.admin.listen) if admin_runner else None)
+    await stop.wait()
+    await server.shutdown()
+    if admin_runner is not None:
+        await admin_runner.cleanup()
+    return 0
+
+
+def run(config: Config, config_path: str | None, overrides: dict | None) -> int:
+    logs.configure(config.log.format, config.log.level)
+    install_event_loop()
+    if config.proxy.workers > 1:
+        from proxy.workers import run_workers
+
+        return run_workers(config, config_path, overrides)
+    return asyncio.run(serve(config, config_path, overrides))
+
+
+def exit_on_config_error(error: ConfigError) -> int:
+    for line in error.lines():
+        print(line, file=sys.stderr)
+    return 2
