@@ -40,6 +40,7 @@ from proxy.model import (
     Upstream,
 )
 from proxy.origins import compile_origins, credential_warnings
+from proxy.policy import compile_policies
 from proxy.routing import compile_host_patterns, compile_path_globs
 
 T = TypeVar("T")
@@ -81,6 +82,8 @@ MAX_AGE_LIMIT = 86400  # a day; Firefox's cap, the highest of the browsers' caps
 TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 8941 §3.1.2: a Structured Field dictionary key, the grammar of Reporting-Endpoints names.
 SF_KEY = re.compile(r"[a-z*][a-z0-9_\-.*]*")
+# A TOML bare key, with array indexes: how a key path part is written unquoted.
+KEY_PATH_PART = re.compile(r"[A-Za-z0-9_-]+(?:\[[0-9]+\])*")
 HOST_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 HOSTNAME = re.compile(rf"{HOST_LABEL}(?:\.{HOST_LABEL})*\.?")
 ENDPOINT = re.compile(r"(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]*)):(?P<port>[0-9]{1,5})")
@@ -167,6 +170,8 @@ def _load(text: str, source: str, base_dir: str, overrides: Mapping[str, Any] | 
     config = _compile(report, data, source, base_dir)
     if report.errors:
         raise ConfigError(source, report.errors)
+    for route in (*config.routes, config.default_route):
+        compile_policies(route.policies)  # precompute now, not on a route's first request
     return config
 
 
@@ -242,7 +247,7 @@ def _quoted(text: str) -> str:
 
 
 def _join(path: str, key: str) -> str:
-    if not TOKEN.fullmatch(key) or "." in key:
+    if not KEY_PATH_PART.fullmatch(key):
         key = _quoted(key)
     return f"{path}.{key}" if path else key
 
