@@ -32,6 +32,7 @@ from proxy.model import (
     CorsPolicy,
     Endpoint,
     HeaderPolicy,
+    IPNetwork,
     Limits,
     LogSettings,
     Policies,
@@ -149,12 +150,11 @@ def load_config_text(text: str, source: str = "<string>", overrides: Mapping[str
 def summarize(config: Config) -> list[str]:
     """The `coxp check` lines: one per route in file order, then one for `default`."""
     routes = [*config.routes, config.default_route]
+    tables = [*config.effective["routes"], config.effective["defaults"]]  # the tables as written
     width = max(len(route.name) for route in routes)
-    effective_routes = config.effective.get("routes", [])
-    effective_policies = [*(r for r in effective_routes), config.effective.get("defaults", {})]
     return [
         f"{route.name.ljust(width)}  {_route_summary(route, config, effective)}"
-        for route, effective in zip(routes, effective_policies)
+        for route, effective in zip(routes, tables)
     ]
 
 
@@ -572,7 +572,7 @@ def _proxy_settings(table: _Table, base_dir: str) -> ProxySettings:
     )
 
 
-def _trusted_proxies(table: _Table) -> tuple:
+def _trusted_proxies(table: _Table) -> tuple[IPNetwork, ...]:
     entries = table.strings("trusted_proxies") or []
     networks = (table.parse_at(f"trusted_proxies[{i}]", parse_network, text) for i, text in enumerate(entries))
     return tuple(network for network in networks if network is not None)
@@ -764,15 +764,8 @@ def _route_methods(table: _Table) -> frozenset[str] | None:
 
 def _policies(parent: _Table, inherited: Policies, inherited_effective: dict[str, Any]) -> Policies:
     """The tables of `parent` (a route or [defaults]); a missing table is inherited whole."""
-    compilers: dict[str, tuple[tuple[str, ...], Callable[[_Table], Any]]] = {
-        "cors": (CORS_KEYS, _cors_policy),
-        "corp": (CORP_KEYS, _corp_policy),
-        "coop": (COOP_COEP_KEYS, _coop_policy),
-        "coep": (COOP_COEP_KEYS, _coep_policy),
-        "reporting": (REPORTING_KEYS, _reporting_policy),
-    }
     compiled: dict[str, Any] = {}
-    for name, (known, compile_table) in compilers.items():
+    for name, (known, compile_table) in POLICY_COMPILERS.items():
         table = parent.subtable(name, known)
         if table is None:
             compiled[name] = getattr(inherited, name)
@@ -780,18 +773,22 @@ def _policies(parent: _Table, inherited: Policies, inherited_effective: dict[str
                 parent.effective[name] = inherited_effective[name]
         else:
             compiled[name] = compile_table(table)
-    _warn_unknown_report_to(parent, compiled)
+    _warn_unknown_report_to(parent)
     return Policies(**compiled)
 
 
-def _warn_unknown_report_to(parent: _Table, compiled: dict[str, Any]) -> None:
+def _warn_unknown_report_to(parent: _Table) -> None:
     """A `report_to` naming no endpoint of the route's own Reporting-Endpoints sends reports
-    nowhere, unless the upstream defines that endpoint itself: a warning, not an error."""
+    nowhere, unless the upstream defines that endpoint itself: a warning, not an error.
+    Only the parent's own COOP/COEP tables are checked, so an inherited one warns once."""
     reporting = parent.effective.get("reporting") or {}
-    endpoints = reporting.get("endpoints") if reporting.get("mode", "set") in SETTING_MODES else None
+    endpoints = (reporting.get("endpoints") or {}) if reporting.get("mode") in SETTING_MODES else {}
     for name in ("coop", "coep"):
-        report_to = (parent.effective.get(name) or {}).get("report_to")
-        if report_to and compiled.get(name) is not None and report_to not in (endpoints or {}):
+        table = parent.effective.get(name) if name in parent.data else None
+        if not table or table.get("mode") not in SETTING_MODES:
+            continue
+        report_to = table.get("report_to")
+        if isinstance(report_to, str) and report_to not in endpoints:
             parent.report.warnings.append(ConfigProblem(
                 _join(parent.key(name), "report_to"),
                 f"{_quoted(report_to)} is not an endpoint of this route's [reporting] table; add it there "
@@ -1032,6 +1029,16 @@ def _cors_expose_headers(table: _Table, credentials: bool) -> tuple[list[str], b
 def _expose_value(expose: tuple[list[str], bool]) -> str | None:
     names, any_header = expose
     return "*" if any_header else (", ".join(names) or None)
+
+
+# Each policy table: its keys and the function that compiles it.
+POLICY_COMPILERS: dict[str, tuple[tuple[str, ...], Callable[[_Table], Any]]] = {
+    "cors": (CORS_KEYS, _cors_policy),
+    "corp": (CORP_KEYS, _corp_policy),
+    "coop": (COOP_COEP_KEYS, _coop_policy),
+    "coep": (COOP_COEP_KEYS, _coep_policy),
+    "reporting": (REPORTING_KEYS, _reporting_policy),
+}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from proxy import config as config_module
 from proxy.config import load_config, load_config_text, summarize
 from proxy.errors import ConfigError
+from proxy.model import Limits
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((REPO / "config").glob("*.toml"))
@@ -261,7 +262,7 @@ def test_defaults_of_every_setting():
     assert (proxy.tls_cert, proxy.tls_key, proxy.upstream_ca, proxy.upstream_verify) == (None, None, None, True)
     assert config.admin is None
     assert (config.log.level, config.log.format) == ("info", "json")
-    assert config.limits == config_module.Limits()
+    assert config.limits == Limits()
     assert config.routes == ()
     assert config.default_route.name == "default"
     assert config.default_route.upstream.url == "http://127.0.0.1:3000"
