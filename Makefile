@@ -26,7 +26,7 @@ test-browser: $(INSTALLED) chromium
 	$(BIN)/python -m pytest -q -m browser
 
 bench: $(INSTALLED)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
