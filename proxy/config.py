@@ -388,7 +388,7 @@ def _is_number(value: Any) -> bool:
 # Value parsers (each raises `_Invalid` with what to write instead)
 
 
-def parse_endpoint(text: str) -> Endpoint:
+def _parse_endpoint(text: str) -> Endpoint:
     """`HOST:PORT` or `[IPv6]:PORT`; port 0 asks the system for a free port."""
     match = ENDPOINT.fullmatch(text)
     if match is None:
@@ -411,7 +411,7 @@ def _ipv6(text: str, whole: str) -> str:
         raise _Invalid(f"{_quoted(whole)}: {_quoted(text)} is not an IPv6 address; write e.g. [::1]") from None
 
 
-def parse_upstream(text: str) -> Upstream:
+def _parse_upstream(text: str) -> Upstream:
     """`scheme://host[:port]`: http or https, no userinfo, path, query or fragment."""
     match = URL.fullmatch(text)
     if match is None:
@@ -450,7 +450,7 @@ def _reject_url_rest(text: str, rest: str) -> None:
     raise _Invalid(f"{_quoted(text)} has {what}; an upstream is scheme://host[:port] — requests keep their own path and query")
 
 
-def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def _parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """A CIDR network; a bare address is a one-address network."""
     try:
         return ipaddress.ip_network(text, strict=True)
@@ -463,7 +463,7 @@ def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     raise _Invalid(f'{_quoted(text)} has host bits set; write "{loose}"')
 
 
-def parse_host_pattern(text: str) -> str:
+def _parse_host_pattern(text: str) -> str:
     """A `hosts` entry: an exact host name or IP address, or `*.domain`; returned lower-cased."""
     host = text.lower()
     if host == "*":
@@ -480,11 +480,11 @@ def parse_host_pattern(text: str) -> str:
     if ":" in name:
         raise _Invalid(f"{_quoted(text)} has a port; hosts match the Host header without its port, write {_quoted(host.rsplit(':', 1)[0])}")
     if not HOSTNAME.fullmatch(name):
-        raise _Invalid(f'{_quoted(text)} is not a host name; write e.g. "api.example.test" or "*.example.test"')
+        raise _Invalid(f'{_quoted(text)} is not a host name; write e.g. "api.example.test" or "*.example.test" (non-ASCII names in punycode)')
     return host
 
 
-def parse_path_glob(text: str) -> str:
+def _parse_path_glob(text: str) -> str:
     """A `paths` entry: starts with "/", printable ASCII as it appears in a request target."""
     if not text.startswith("/"):
         raise _Invalid(f'{_quoted(text)} does not start with "/"; write e.g. "/api/*" ("/*" matches every path)')
@@ -496,7 +496,7 @@ def parse_path_glob(text: str) -> str:
     return text
 
 
-def parse_method(text: str) -> str:
+def _parse_method(text: str) -> str:
     """A method token (RFC 9110 §9.1), the six Fetch-normalised names upper-cased."""
     if not TOKEN.fullmatch(text):
         raise _Invalid(f'{_quoted(text)} is not a method (an HTTP token, RFC 9110 §9.1); write e.g. "PATCH"')
@@ -504,13 +504,13 @@ def parse_method(text: str) -> str:
     return upper if upper in NORMALISED_METHODS else text
 
 
-def parse_sf_key(text: str) -> str:
+def _parse_sf_key(text: str) -> str:
     if not SF_KEY.fullmatch(text):
         raise _Invalid(f'{_quoted(text)} is not an endpoint name (lower-case letters, digits, "_", "-", ".", "*", starting with a letter; RFC 8941 §3.1.2); write e.g. "default"')
     return text
 
 
-def parse_report_url(text: str) -> str:
+def _parse_report_url(text: str) -> str:
     match = URL.fullmatch(text)
     if match is None or match["scheme"].lower() not in DEFAULT_PORTS or not match["authority"]:
         raise _Invalid(f'{_quoted(text)} is not an absolute http(s) URL; write e.g. "https://reports.example.test/r"')
@@ -530,6 +530,8 @@ def _compile(report: _Report, data: dict[str, Any], source: str, base_dir: str) 
     proxy = _proxy_settings(proxy_table, base_dir)
     admin_table = root.subtable("admin", ADMIN_KEYS)
     admin = _admin_settings(admin_table) if admin_table is not None else None
+    if admin is not None:
+        _reject_shared_listen(admin_table, admin.listen, proxy.listen)
     log_table = root.subtable("log", LOG_KEYS) or _Table(report, "log", {}, LOG_KEYS)
     log = _log_settings(log_table)
     limits_table = root.subtable("limits", LIMIT_KEYS) or _Table(report, "limits", {}, LIMIT_KEYS)
@@ -557,8 +559,8 @@ def _compile(report: _Report, data: dict[str, Any], source: str, base_dir: str) 
 def _proxy_settings(table: _Table, base_dir: str) -> ProxySettings:
     tls_cert, tls_key = _tls_files(table, base_dir)
     return ProxySettings(
-        listen=table.parsed("listen", parse_endpoint, "127.0.0.1:8080"),
-        upstream=table.parsed("upstream", parse_upstream),
+        listen=table.parsed("listen", _parse_endpoint, "127.0.0.1:8080"),
+        upstream=table.parsed("upstream", _parse_upstream),
         workers=table.integer("workers", 1, minimum=1),
         preserve_host=table.boolean("preserve_host", False),
         forwarded_headers=table.boolean("forwarded_headers", True),
@@ -574,7 +576,7 @@ def _proxy_settings(table: _Table, base_dir: str) -> ProxySettings:
 
 def _trusted_proxies(table: _Table) -> tuple[IPNetwork, ...]:
     entries = table.strings("trusted_proxies") or []
-    networks = (table.parse_at(f"trusted_proxies[{i}]", parse_network, text) for i, text in enumerate(entries))
+    networks = (table.parse_at(f"trusted_proxies[{i}]", _parse_network, text) for i, text in enumerate(entries))
     return tuple(network for network in networks if network is not None)
 
 
@@ -631,7 +633,13 @@ def _ssl_reason(exc: Exception) -> str:
 
 
 def _admin_settings(table: _Table) -> AdminSettings:
-    return AdminSettings(listen=table.parsed("listen", parse_endpoint, "127.0.0.1:9901"))
+    return AdminSettings(listen=table.parsed("listen", _parse_endpoint, "127.0.0.1:9901"))
+
+
+def _reject_shared_listen(admin_table: _Table, admin: Endpoint | None, proxy: Endpoint | None) -> None:
+    # Port 0 picks a fresh port for each listener, so only a fixed port can clash.
+    if admin is not None and admin == proxy and admin.port != 0:
+        admin_table.error("listen", f"{admin} is also [proxy].listen; give the admin listener another port, e.g. \"127.0.0.1:9901\"")
 
 
 def _log_settings(table: _Table) -> LogSettings:
@@ -692,8 +700,8 @@ def _routes(root: _Table, defaults: Policies, defaults_effective: dict[str, Any]
 def _route(table: _Table, seen: dict[str, int], index: int, defaults: Policies,
            defaults_effective: dict[str, Any]) -> Route:
     name = _route_name(table, seen, index)
-    hosts = _route_list(table, "hosts", parse_host_pattern)
-    paths = _route_list(table, "paths", parse_path_glob)
+    hosts = _route_list(table, "hosts", _parse_host_pattern)
+    paths = _route_list(table, "paths", _parse_path_glob)
     methods = _route_methods(table)
     return Route(
         name=name,
@@ -701,7 +709,7 @@ def _route(table: _Table, seen: dict[str, int], index: int, defaults: Policies,
         hosts=hosts,
         paths=paths,
         methods=methods,
-        upstream=table.parsed("upstream", parse_upstream),
+        upstream=table.parsed("upstream", _parse_upstream),
         host_matches=compile_host_patterns(hosts) if hosts is not None else None,
         path_matches=compile_path_globs(paths) if paths is not None else None,
     )
@@ -752,7 +760,7 @@ def _route_methods(table: _Table) -> frozenset[str] | None:
         if text == "*":
             table.error(f"methods[{i}]", '"*" is not a method; omit methods to match every method')
             continue
-        method = table.parse_at(f"methods[{i}]", parse_method, text)
+        method = table.parse_at(f"methods[{i}]", _parse_method, text)
         if method is not None:
             methods.add(method)
     return frozenset(methods)
@@ -836,7 +844,7 @@ def _isolation_policy(table: _Table, name: str, header: str, choices: tuple[str,
     errors_before = len(table.report.errors)
     mode = _mode(table)
     policy = _policy_value(table, mode, choices, example)
-    report_to = table.parsed("report_to", parse_sf_key)
+    report_to = table.parsed("report_to", _parse_sf_key)
     report_only = table.boolean("report_only", False)
     headers: tuple[tuple[str, str], ...] = ()
     if policy:
@@ -874,7 +882,7 @@ def _reporting_endpoints(table: _Table, required: bool) -> dict[str, str]:
             endpoints.error(key, f"expected a URL string, got {_describe(url)}")
             continue
         endpoints.effective[key] = url
-        if endpoints.parse_at(key, parse_sf_key, key) is None or endpoints.parse_at(key, parse_report_url, url) is None:
+        if endpoints.parse_at(key, _parse_sf_key, key) is None or endpoints.parse_at(key, _parse_report_url, url) is None:
             continue
         if url.lower().startswith("http://") and not _is_loopback_origin(url):
             endpoints.warn(key, f"{_quoted(url)} is not https; browsers only send reports to secure endpoints")
@@ -968,7 +976,7 @@ def _cors_methods(table: _Table) -> tuple[list[str], bool]:
         return [], True
     methods: list[str] = []
     for i, text in enumerate(entries):
-        method = table.parse_at(f"allow_methods[{i}]", parse_method, text)
+        method = table.parse_at(f"allow_methods[{i}]", _parse_method, text)
         if method is None:
             continue
         if method.upper() in FORBIDDEN_METHODS:

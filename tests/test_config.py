@@ -104,6 +104,7 @@ BAD = [
     ("", "proxy.upstream", "missing"),
     # [admin], [log], [limits]
     (UPSTREAM + '[admin]\nlisten = "localhost"\n', "admin.listen", "is not HOST:PORT"),
+    (UPSTREAM + 'listen = "127.0.0.1:9000"\n[admin]\nlisten = "127.0.0.1:9000"\n', "admin.listen", "give the admin listener another port"),
     (UPSTREAM + '[log]\nlevel = "verbose"\n', "log.level", "is not one of: debug, info"),
     (UPSTREAM + '[log]\nformat = "text"\n', "log.format", "json, console"),
     (UPSTREAM + "[limits]\nmax_headers = -1\n", "limits.max_headers", "at least 1"),
