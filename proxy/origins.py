@@ -68,6 +68,7 @@ _REQUEST_ORIGIN = re.compile(
 )
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*", re.ASCII)
 _LABEL = re.compile(r"[a-z0-9_\-]{1,63}", re.ASCII)  # "_" is common in internal names
+_EXTENSION_ID = re.compile(r"[a-z0-9][a-z0-9\-]*", re.ASCII)
 _PORT = re.compile(r"[1-9][0-9]{0,4}", re.ASCII)
 
 
@@ -108,6 +109,7 @@ def _serialize(scheme: str, host: str, port: int | None) -> str:
     return f"{scheme}://{host}" if port is None else f"{scheme}://{host}:{port}"
 
 
+@functools.lru_cache(maxsize=4096)  # a deployment sees few distinct origins; keep them hot
 def normalize_origin(value: str) -> str | None:
     """The serialized origin `value` lower-cased (scheme, host), default port dropped.
 
@@ -125,7 +127,8 @@ def normalize_origin(value: str) -> str | None:
 class CompiledOrigins(OriginMatcher):
     """The compiled `allow_origins` + `allow_origin_regex` of one CORS table."""
 
-    __slots__ = ("allows_any", "allows_null", "exact", "any_port", "subdomains", "regexes")
+    __slots__ = ("allows_any", "allows_null", "exact", "any_port", "subdomains", "regexes", "_seen")
+    _SEEN_MAX = 4096  # bound on the memo of recent answers (attackers may send endless origins)
 
     def __init__(
         self,
@@ -144,6 +147,7 @@ class CompiledOrigins(OriginMatcher):
         # (scheme, port or None for the default or ANY_PORT) -> domains whose subdomains match
         self.subdomains = subdomains or {}
         self.regexes = regexes
+        self._seen: dict[str, bool] = {}
 
     @property
     def allows_nothing(self) -> bool:
@@ -157,6 +161,15 @@ class CompiledOrigins(OriginMatcher):
         """Whether one request `Origin` value is allowed (the value exactly as received)."""
         if self.allows_any:
             return True
+        # Browsers send the same few origins over and over: answer them from a bounded memo.
+        seen = self._seen.get(origin)
+        if seen is None:
+            if len(self._seen) >= self._SEEN_MAX:
+                self._seen.clear()
+            seen = self._seen[origin] = self._match(origin)
+        return seen
+
+    def _match(self, origin: str) -> bool:
         if origin == "null":
             # The opaque origin: only the literal entry allows it, never a regex (CONTRACT §3).
             return self.allows_null
@@ -320,9 +333,13 @@ def _parse_pattern(raw: str) -> _Pattern:
     if scheme_raw != scheme or host_raw != host_raw.lower():
         # jub0bs/cors refuses upper case; the contract compares case-insensitively instead.
         notes.append("origins are compared case-insensitively and browsers send lower case")
-    host = _normalize_host(q, host, wildcard, notes)
-    if scheme in EXTENSION_SCHEMES and ("." in host or host.startswith("[")):
-        raise _PatternError(f"{q}: an extension origin is {scheme}://<id>")
+    if scheme in EXTENSION_SCHEMES:
+        # An extension id (Chrome: 32 letters a-p; Firefox, Safari: a UUID) is no DNS name.
+        host = host.lower()
+        if not _EXTENSION_ID.fullmatch(host):
+            raise _PatternError(f"{q}: an extension origin is {scheme}://<id>")
+    else:
+        host = _normalize_host(q, host, wildcard, notes)
     return _Pattern(scheme, host, port, wildcard, notes)
 
 

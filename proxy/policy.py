@@ -19,8 +19,7 @@ a few lookups and, for an allowed CORS request, one small tuple with the echoed 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from proxy.model import CorsPolicy, HeaderPolicy, Mode, Policies, Route
 from proxy.origins import normalize_origin
@@ -75,11 +74,11 @@ REASON_PRIVATE_NETWORK: Final = "private-network-not-allowed"
 
 
 # --------------------------------------------------------------------------------------------
-# Data
+# Data. Immutable named tuples: built on every request, and a tuple is built several times
+# faster than a frozen dataclass.
 
 
-@dataclass(frozen=True, slots=True)
-class RequestInfo:
+class RequestInfo(NamedTuple):
     """The request's CORS-relevant facts, collected once by `request_info`."""
 
     method: str
@@ -97,8 +96,7 @@ class RequestInfo:
         return self.method == "OPTIONS" and self.origin is not None and self.request_method is not None
 
 
-@dataclass(frozen=True, slots=True)
-class ProxyAnswer:
+class ProxyAnswer(NamedTuple):
     """A response the proxy makes without contacting the upstream; `body` is one line of text
     (the server appends the newline), empty for the 204."""
 
@@ -106,8 +104,7 @@ class ProxyAnswer:
     body: str
 
 
-@dataclass(frozen=True, slots=True)
-class PolicyEdit:
+class PolicyEdit(NamedTuple):
     """What one policy table does to a response: data, applied only by `apply_edits`."""
 
     table: str  # "cors" | "corp" | "coop" | "coep" | "reporting"
@@ -123,8 +120,7 @@ class PolicyEdit:
         return name in self.owned or (self.owned_prefix is not None and name.startswith(self.owned_prefix))
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The outcome of `decide`, for the server, `explain` and the decision log."""
 
     route: str
@@ -136,8 +132,7 @@ class Decision:
     edits: tuple[PolicyEdit, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class EditResult:
+class EditResult(NamedTuple):
     headers: list[Header]
     set_names: list[str]  # lower-case; `vary` only when a token was merged
     removed_names: list[str]  # lower-case; a replaced header is in both lists
@@ -155,7 +150,7 @@ def request_info(method: str, headers: list[Header], scheme: str, host: str | No
     acrh: list[str] = []
     pna = False
     for name, value in headers:
-        if name[0] not in "oOaA":  # cheap pre-filter: every name we read starts with o or a
+        if name[:1] not in ("o", "O", "a", "A"):  # cheap pre-filter: every name we read starts with o or a
             continue
         lower = name.lower()
         if lower == "origin":
@@ -414,6 +409,7 @@ def apply_edits(edits: tuple[PolicyEdit, ...], headers: list[Header]) -> EditRes
     them and writes the proxy's; `default` does nothing when a trigger header is present
     (CORS: `Access-Control-Allow-Origin`), else acts as `set`. `Vary` is never replaced: the
     edits' tokens are merged into it case-insensitively without duplicates (RFC 9110 §12.5.5).
+    Names in `set_names`/`removed_names` are lower-case; a replaced header is in both.
     """
     present: set[str] | None = None
     active: list[PolicyEdit] = []
@@ -430,39 +426,44 @@ def apply_edits(edits: tuple[PolicyEdit, ...], headers: list[Header]) -> EditRes
     if not active:
         return EditResult(list(headers), [], [])
 
+    owned: frozenset[str] = frozenset().union(*[edit.owned for edit in active])
+    prefixes = tuple(edit.owned_prefix for edit in active if edit.owned_prefix is not None)
     out: list[Header] = []
     removed: list[str] = []
-    for name, value in headers:
-        lower = name.lower()
-        if any(edit.owns(lower) for edit in active):
+    vary_at: list[int] = []
+    for header in headers:
+        lower = header[0].lower()
+        if lower in owned or (prefixes and lower.startswith(prefixes)):
             if lower not in removed:
                 removed.append(lower)
-            continue
-        out.append((name, value))
+        else:
+            if lower == "vary":
+                vary_at.append(len(out))
+            out.append(header)
 
     set_names: list[str] = []
     tokens: list[str] = []
     for edit in active:
         if edit.mode == "remove":
             continue
-        for name, value in edit.headers:
-            out.append((name, value))
-            lower = name.lower()
+        for header in edit.headers:
+            out.append(header)
+            lower = header[0].lower()
             if lower not in set_names:
                 set_names.append(lower)
         tokens.extend(edit.vary)
-    if tokens and _merge_vary(out, tokens):
+    if tokens and _merge_vary(out, vary_at, tokens):
         set_names.append("vary")
     return EditResult(out, set_names, removed)
 
 
-def _merge_vary(headers: list[Header], tokens: list[str]) -> bool:
-    """Merge `tokens` into the Vary of `headers` in place; True when one was added.
+def _merge_vary(headers: list[Header], positions: list[int], tokens: list[str]) -> bool:
+    """Merge `tokens` into the Vary lines at `positions` of `headers`, in place; True when one
+    was added.
 
     Several Vary lines are combined into the first (RFC 9110 §5.3); the upstream's tokens are
     kept as written. `Vary: *` already varies on everything, so nothing is added to it.
     """
-    positions = [i for i, (name, _) in enumerate(headers) if name.lower() == "vary"]
     existing: list[str] = []
     for i in positions:
         existing.extend(t for t in (e.strip(_OWS) for e in headers[i][1].split(",")) if t)
