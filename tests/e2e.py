@@ -1,7 +1,9 @@
 """End-to-end harness: coxp as a real subprocess in front of a real, recording aiohttp upstream.
 
-Imported by the end-to-end test modules (`from e2e import ...`; pytest puts `tests/` on
-`sys.path`). Nothing here sleeps to wait for something: every wait is on an event (a log line,
+Imported by the policy/CLI/admin/log test modules (`from e2e import ...`; pytest puts
+`tests/` on `sys.path`). It complements `harness.py`/`conftest.py` (byte-exact forwarding tests):
+here the upstream is driven by the request's query, so one shared proxy per config serves a
+whole table of cases, and `Coxp` also runs `dev` and `demo` and reads console-format output. Nothing here sleeps to wait for something: every wait is on an event (a log line,
 a queue item, a process exit) with a bound.
 
 * `Upstream`  -- an aiohttp server on its own event-loop thread. It records every request
@@ -344,15 +346,16 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = WAIT) -> subpr
 
 
 @pytest.fixture(scope="session")
-def upstream():
+def query_upstream():
+    """The query-driven recording upstream (see `Upstream`), shared by the whole session."""
     server = Upstream()
     yield server
     server.close()
 
 
 @pytest.fixture(scope="session")
-def coxp_pool(upstream, tmp_path_factory):
-    pool = CoxpPool(tmp_path_factory.mktemp("coxp-pool"), upstream)
+def coxp_pool(query_upstream, tmp_path_factory):
+    pool = CoxpPool(tmp_path_factory.mktemp("coxp-pool"), query_upstream)
     yield pool
     pool.close()
 

@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from e2e import coxp_pool, norm, unique, upstream  # noqa: F401  (fixtures)
+from e2e import coxp_pool, norm, query_upstream, unique  # noqa: F401  (fixtures)
 
 ORIGIN = "https://app.example.test"
 TEXT = "text/plain; charset=utf-8"
@@ -567,7 +567,7 @@ def config_text(name: str) -> str:
     return CONFIGS[name].replace("{closed}", str(CLOSED))
 
 
-def run_case(pool, upstream, case: Case):
+def run_case(pool, case: Case):
     proxy = pool.get(config_text(case.config))
     marker = unique()
     query = urlencode([("h", f"{n}: {v}") for n, v in case.upstream])
@@ -577,9 +577,9 @@ def run_case(pool, upstream, case: Case):
 
 
 @pytest.mark.parametrize("case", ALL_CASES, ids=lambda c: c.id)
-def test_policy_end_to_end(coxp_pool, upstream, case: Case):
-    _, marker, response = run_case(coxp_pool, upstream, case)
-    seen = upstream.saw(marker)
+def test_policy_end_to_end(coxp_pool, query_upstream, case: Case):
+    _, marker, response = run_case(coxp_pool, case)
+    seen = query_upstream.saw(marker)
     assert response.status == case.status, (response.status, response.body)
     assert response.policy == norm(case.expect)
     assert len(seen) == (1 if case.forwarded else 0), "the upstream saw the request" if seen else "not forwarded"
@@ -601,49 +601,49 @@ def test_policy_end_to_end(coxp_pool, upstream, case: Case):
 
 
 @pytest.mark.parametrize("case", [c for c in ALL_CASES if c.status in (502, 504)], ids=lambda c: c.id)
-def test_proxy_made_failure_bodies_name_the_failure(coxp_pool, upstream, case: Case):
-    _, _, response = run_case(coxp_pool, upstream, case)
+def test_proxy_made_failure_bodies_name_the_failure(coxp_pool, query_upstream, case: Case):
+    _, _, response = run_case(coxp_pool, case)
     assert response.header("Content-Type") == TEXT
     assert response.body.startswith(str(case.status).encode()) and response.body.endswith(b"\n")
     assert response.body.count(b"\n") == 1
 
 
-def test_header_bookkeeping_in_the_log(coxp_pool, upstream):
+def test_header_bookkeeping_in_the_log(coxp_pool, query_upstream):
     """headers_set lists every header set or changed (vary when merged); headers_removed every
     policy header removed; a replaced header is in both."""
     case = Case("x", "cors", "GET", "/creds/a", [O()],
                 upstream=[("Access-Control-Allow-Origin", "*"), ("Access-Control-Max-Age", "5"), ("Vary", "Accept")])
-    _, _, response = run_case(coxp_pool, upstream, case)
+    _, _, response = run_case(coxp_pool, case)
     event = response.event
     assert sorted(event["headers_set"]) == sorted(
         ["access-control-allow-origin", "access-control-allow-credentials", "access-control-expose-headers", "vary"])
     assert sorted(event["headers_removed"]) == ["access-control-allow-origin", "access-control-max-age"]
 
     case = Case("x", "cors", "GET", "/creds/a", [O()], upstream=[("Vary", "Origin")])
-    _, _, response = run_case(coxp_pool, upstream, case)
+    _, _, response = run_case(coxp_pool, case)
     assert "vary" not in response.event["headers_set"]
     assert response.event["headers_removed"] == []
 
     case = Case("x", "cors", "GET", "/pass/a", [O()], upstream=UP_CORS)
-    _, _, response = run_case(coxp_pool, upstream, case)
+    _, _, response = run_case(coxp_pool, case)
     assert response.event["headers_set"] == [] and response.event["headers_removed"] == []
 
 
-def test_preflight_is_never_forwarded_even_with_a_body(coxp_pool, upstream):
+def test_preflight_is_never_forwarded_even_with_a_body(coxp_pool, query_upstream):
     proxy = coxp_pool.get(config_text("cors"))
     marker = unique()
     response = proxy.request("OPTIONS", f"/creds/a?{marker}", PF("PUT"), body=b"ignored")
     assert response.status == 204
-    assert upstream.saw(marker) == []
+    assert query_upstream.saw(marker) == []
 
 
-def test_forwarded_headers_from_trusted_and_untrusted_peers(coxp_pool, upstream):
+def test_forwarded_headers_from_trusted_and_untrusted_peers(coxp_pool, query_upstream):
     incoming = [("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "app.example.test"),
                 ("X-Forwarded-For", "203.0.113.7")]
     trusted = coxp_pool.get(config_text("trusted"))
     marker = unique()
     trusted.request("GET", f"/a?{marker}", incoming)
-    (seen,) = upstream.saw(marker)
+    (seen,) = query_upstream.saw(marker)
     assert seen.all("X-Forwarded-Proto") == ["https"]
     assert seen.all("X-Forwarded-Host") == ["app.example.test"]
     assert seen.all("X-Forwarded-For") == ["203.0.113.7, 127.0.0.1"]
@@ -651,7 +651,58 @@ def test_forwarded_headers_from_trusted_and_untrusted_peers(coxp_pool, upstream)
     untrusted = coxp_pool.get(config_text("untrusted"))
     marker = unique()
     untrusted.request("GET", f"/a?{marker}", incoming)
-    (seen,) = upstream.saw(marker)
+    (seen,) = query_upstream.saw(marker)
     assert seen.all("X-Forwarded-Proto") == ["http"]
     assert seen.all("X-Forwarded-Host") == [f"127.0.0.1:{untrusted.port}"]
     assert seen.all("X-Forwarded-For") == ["127.0.0.1"]
+
+
+# --------------------------------------------------------------------------------------------
+# `coxp explain` and the server agree
+
+
+def _explain_cli(capsysbinary, config_path, case: Case, url: str) -> dict:
+    import json
+
+    from proxy.cli import main
+
+    argv = ["explain", "-c", str(config_path), "-X", case.method, "--json", url]
+    for name, value in case.headers:
+        argv += ["-H", f"{name}: {value}"]
+    for name, value in case.upstream:
+        argv += ["--upstream-header", f"{name}: {value}"]
+    if case.host is not None:
+        argv += ["-H", f"Host: {case.host}"]
+    assert main(argv) == 0
+    return json.loads(capsysbinary.readouterr().out)
+
+
+# Explain has no peer address (trusted proxies) and no real upstream to fail (502/504).
+AGREEMENT_CASES = [c for c in ALL_CASES if c.config not in ("trusted", "untrusted") and c.status < 500]
+
+
+def test_explain_and_server_agree(coxp_pool, query_upstream, tmp_path, capsysbinary):
+    """Every row of the table, through the running server and through `coxp explain --json`
+    (the CLI entry point, in-process): same route, classification, reason, status for
+    proxy-made answers, and the same policy headers."""
+    from e2e import policy_view
+
+    checked = 0
+    for case in AGREEMENT_CASES:
+        proxy, _, response = run_case(coxp_pool, case)
+        path = tmp_path / f"{case.config}.toml"
+        path.write_text(config_text(case.config).replace("{upstream}", query_upstream.url))
+        url = f"http://{case.host or f'127.0.0.1:{proxy.port}'}{case.path}"
+        explained = _explain_cli(capsysbinary, path, case, url)
+        context = f"{case.id}: explain={explained}"
+        assert explained["route"] == response.event["route"], context
+        assert explained["cors"] == response.event["cors"], context
+        assert explained["reason"] == response.event["reason"], context
+        assert explained["answered_by_proxy"] == (not case.forwarded), context
+        if not case.forwarded:
+            assert explained["status"] == response.status, context
+        assert policy_view([tuple(h) for h in explained["headers"]]) == response.policy, context
+        assert sorted(explained["headers_set"]) == sorted(response.event["headers_set"]), context
+        assert sorted(explained["headers_removed"]) == sorted(response.event["headers_removed"]), context
+        checked += 1
+    assert checked > 60
