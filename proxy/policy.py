@@ -387,7 +387,11 @@ def _preflight(route: Route, c: _Compiled, cors: CorsPolicy, info: RequestInfo) 
         headers.append(("Access-Control-Allow-Methods", cors.allow_methods_value))
     if cors.any_header:
         if names:
-            headers.append(("Access-Control-Allow-Headers", info.request_headers))  # type: ignore[arg-type]
+            # Echo the list as sent (browsers send one clean line, "content-type,x-foo"); a
+            # list with empty elements or several lines is echoed cleaned up.
+            raw = info.request_headers
+            echo = raw if raw == ",".join(names) else ", ".join(names)  # type: ignore[arg-type]
+            headers.append(("Access-Control-Allow-Headers", echo))
     elif cors.allow_headers_value:
         headers.append(("Access-Control-Allow-Headers", cors.allow_headers_value))
     if cors.max_age_value is not None:
