@@ -33,6 +33,9 @@ class ClientConnection(asyncio.Protocol):
         self.eof = False
         self.lost = False
         self.busy = False  # a request is being handled (SIGTERM waits for it, disconnect cancels it)
+        # Bytes are piped both ways (an upgraded WebSocket): the client's EOF is a half-close to
+        # pass on, not a departure.
+        self.piping = False
         self.body_complete = True  # the current request's body was read to its end
         self._data_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -58,7 +61,11 @@ class ClientConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.eof = True
         self._wake_reader()
-        return True  # keep our side open: the response may still be on its way
+        if self.body_complete and not self.piping:
+            # A client that closes while its request is in flight has given up on it (browsers
+            # and HTTP clients close, they do not half-close); nginx reads it the same way.
+            self._cancel_request()
+        return True  # keep our side open: a tunnel's other direction may still be flowing
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -66,6 +73,9 @@ class ClientConnection(asyncio.Protocol):
         self._wake_reader()
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(ClientGone())
+        self._cancel_request()
+
+    def _cancel_request(self) -> None:
         if self.busy and self._task is not None:
             # A client that goes away cancels its upstream request (contract §4).
             self._task.cancel()

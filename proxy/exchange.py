@@ -5,6 +5,7 @@ Every response, whether the proxy makes it or the upstream does, gets its policy
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, AsyncIterator
@@ -18,6 +19,7 @@ from proxy.forwarding import (
     upstream_headers,
 )
 from proxy.http1 import BadRequest, RequestHead, no_body_status, serialize_head, text_body
+from proxy.model import Route
 from proxy.policy import Decision, apply_edits, decide, proxy_response_headers, request_info, routing_method
 from proxy.tunnel import open_tunnel
 
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TEXT = "text/plain; charset=utf-8"
+# Logged for a request whose client went away before its response was complete (nginx's code).
+CLIENT_CLOSED_REQUEST = 499
 
 
 @dataclass(slots=True)
@@ -51,6 +55,27 @@ async def exchange(state: "ServingState", conn: ClientConnection, head: RequestH
     info = request_info(head.method, head.headers, scheme, host)
     route = state.router.match(head.host, head.path, routing_method(info))
     decision = decide(route, info, websocket=head.websocket)
+    try:
+        outcome, keep_alive = await _respond(state, conn, head, route, decision, scheme, trusted)
+    except (ClientGone, asyncio.CancelledError):
+        # Still exactly one log line for the request.
+        state.log_request(head, decision, Outcome(CLIENT_CLOSED_REQUEST, None, [], []), started)
+        raise
+    state.log_request(head, decision, outcome, started)
+    return keep_alive
+
+
+async def _respond(
+    state: "ServingState",
+    conn: ClientConnection,
+    head: RequestHead,
+    route: Route,
+    decision: Decision,
+    scheme: str,
+    trusted: bool,
+) -> tuple[Outcome, bool]:
+    """Answer from the proxy or forward: the outcome, and whether the connection may stay open."""
+    config = state.config
     keep_alive = head.keep_alive and not state.stopping()
 
     if not state.admit():
@@ -74,9 +99,7 @@ async def exchange(state: "ServingState", conn: ClientConnection, head: RequestH
         keep_alive = False
     else:
         outcome, keep_alive = await forward(state, conn, head, upstream, decision, scheme, trusted, keep_alive)
-
-    state.log_request(head, decision, outcome, started)
-    return keep_alive
+    return outcome, keep_alive
 
 
 def answer(

@@ -18,7 +18,10 @@ from yarl import URL
 from proxy.http1 import HOP_BY_HOP, RequestHead
 from proxy.model import ProxySettings, Upstream
 
-MAX_UPSTREAM_HEAD_LINE = 64 * 1024  # an upstream response head over 64 KiB is refused (502)
+MAX_UPSTREAM_HEAD = 64 * 1024  # an upstream response head over 64 KiB is refused (502)
+# aiohttp bounds each line and the number of lines, not the head as a whole: let any line and
+# any count (a field line is at least 4 bytes) up to the byte bound through, then check the total.
+_MAX_UPSTREAM_FIELD_LINES = MAX_UPSTREAM_HEAD // 4
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "expect"}
 _FORWARDED_FOR = "x-forwarded-for"
 _FORWARDED_PROTO = "x-forwarded-proto"
@@ -141,8 +144,9 @@ class UpstreamClient:
             timeout=aiohttp.ClientTimeout(
                 total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout
             ),
-            max_line_size=MAX_UPSTREAM_HEAD_LINE,
-            max_field_size=MAX_UPSTREAM_HEAD_LINE,
+            max_line_size=MAX_UPSTREAM_HEAD,
+            max_field_size=MAX_UPSTREAM_HEAD,
+            max_headers=_MAX_UPSTREAM_FIELD_LINES,
             skip_auto_headers=_SKIP_AUTO_HEADERS,
             read_bufsize=256 * 1024,
         )
@@ -183,6 +187,9 @@ class UpstreamClient:
             raise UpstreamFailure(502, "upstream-invalid-response", failure.message) from failure
         except aiohttp.ClientError as failure:
             raise UpstreamFailure(502, "upstream-error", str(failure) or type(failure).__name__) from failure
+        if _head_size(response) > MAX_UPSTREAM_HEAD:
+            response.close()
+            raise UpstreamFailure(502, "upstream-head-too-large", f"response head over {MAX_UPSTREAM_HEAD} bytes")
         return UpstreamResponse(
             status=response.status,
             reason=response.reason or "",
@@ -193,6 +200,12 @@ class UpstreamClient:
 
     async def close(self) -> None:
         await self._session.close()
+
+
+def _head_size(response: aiohttp.ClientResponse) -> int:
+    """The response head's size on the wire: status line, `name: value` lines, CRLFs."""
+    status_line = len("HTTP/1.1 000 ") + len(response.reason or "") + 2
+    return status_line + sum(len(name) + len(value) + 4 for name, value in response.raw_headers) + 2
 
 
 def response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:

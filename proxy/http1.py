@@ -252,14 +252,18 @@ class ChunkedDecoder:
         return out
 
     def _take_line(self, buffer: bytearray) -> bytes | None:
-        end = buffer.find(b"\r\n")
+        # RFC 9112 §7.1: chunk lines end in CRLF; a bare LF is refused as soon as it is seen,
+        # not after waiting for a CRLF that a lenient client will never send.
+        end = buffer.find(b"\n")
         if end < 0:
             if len(buffer) > self._max_line:
                 raise BadRequest(400, "bad-chunk-framing")
             return None
-        line = bytes(buffer[:end])
-        del buffer[: end + 2]
-        if b"\n" in line or b"\r" in line:
+        if end == 0 or buffer[end - 1] != 0x0D:
+            raise BadRequest(400, "bad-chunk-framing")
+        line = bytes(buffer[: end - 1])
+        del buffer[: end + 1]
+        if b"\r" in line:
             raise BadRequest(400, "bad-chunk-framing")
         return line
 

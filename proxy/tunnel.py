@@ -10,7 +10,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from proxy.connection import ClientConnection
-from proxy.forwarding import MAX_UPSTREAM_HEAD_LINE, UpstreamFailure, is_trusted, upstream_headers, upstream_ssl_context
+from proxy.forwarding import MAX_UPSTREAM_HEAD, UpstreamFailure, is_trusted, upstream_headers, upstream_ssl_context
 from proxy.http1 import RequestHead, serialize_fields, serialize_head
 from proxy.model import Upstream
 from proxy.policy import Decision, apply_edits
@@ -57,7 +57,8 @@ async def open_tunnel(
         else:
             out.append(("Connection", "close"))
         conn.write(serialize_head(status, out, reason))
-        await _pipe(conn, reader, writer, upgraded=status == 101)
+        conn.piping = status == 101
+        await _pipe(conn, reader, writer, upgraded=conn.piping)
         return Outcome(status, status, edited.set_names, edited.removed_names)
     finally:
         writer.close()
@@ -67,7 +68,7 @@ async def _connect(upstream: Upstream, settings) -> tuple[asyncio.StreamReader, 
     tls = upstream_ssl_context(settings) if upstream.tls else None
     try:
         return await asyncio.wait_for(
-            asyncio.open_connection(upstream.host, upstream.port, ssl=tls, limit=MAX_UPSTREAM_HEAD_LINE),
+            asyncio.open_connection(upstream.host, upstream.port, ssl=tls, limit=MAX_UPSTREAM_HEAD),
             settings.connect_timeout,
         )
     except (asyncio.TimeoutError, TimeoutError) as failure:
