@@ -37,7 +37,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         return _print_problems(error)
     _print_warnings(config.warnings)
-    return run(config, args.config, overrides)
+    return _serving("run", lambda: run(config, args.config, overrides))
+
+
+def _serving(command: str, start) -> int:
+    """Run a serving command; a port that cannot be bound is a one-line error, not a traceback."""
+    try:
+        return start()
+    except OSError as error:
+        print(f"coxp {command}: {error}", file=sys.stderr)
+        return 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -118,13 +127,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(text, end="")
         return 0
     _print_warnings(config.warnings)
-    return run(config, None, None)
+    return _serving("dev", lambda: run(config, None, None))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from proxy.demo import run_demo
 
-    return run_demo(args.port)
+    return _serving("demo", lambda: run_demo(args.port))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ class Explanation:
     reason: str | None
     answered_by_proxy: bool
     status: int | None  # the proxy's own status; None when the upstream's status is kept
+    body: str | None  # the body of the proxy's own answer, as sent; None when forwarded
     headers: list[tuple[str, str]]  # the response headers after coxp's edits
     headers_set: list[str]
     headers_removed: list[str]
@@ -34,7 +35,7 @@ class Explanation:
             {
                 "route": self.route, "method": self.method, "url": self.url, "origin": self.origin,
                 "cors": self.cors, "reason": self.reason, "answered_by_proxy": self.answered_by_proxy,
-                "status": self.status, "headers": [list(h) for h in self.headers],
+                "status": self.status, "headers": [list(h) for h in self.headers], "body": self.body,
                 "headers_set": self.headers_set, "headers_removed": self.headers_removed, "note": self.note,
             },
             option=orjson.OPT_INDENT_2,
@@ -54,6 +55,8 @@ class Explanation:
         lines.append("headers removed: " + (", ".join(self.headers_removed) or "(none)"))
         lines.append("response headers:" if self.headers else "response headers: (none)")
         lines += [f"  {n}: {v}" for n, v in self.headers]
+        if self.body is not None:
+            lines.append(f"response body:   {self.body!r}" if self.body else "response body:   (empty)")
         return "\n".join(lines)
 
 
@@ -91,8 +94,6 @@ def explain(
         body = decision.answer.body
         edited = proxy_response_headers(decision, _TEXT if body else None, len(text_body(body)))
         status, note = decision.answer.status, f"{decision.answer.status} answered by coxp; the upstream is not contacted"
-        if body:
-            note += f" (body: {body!r})"
     elif upstream is None:
         body = "not-found: no route matches and no upstream is configured"
         edited = proxy_response_headers(decision, _TEXT, len(text_body(body)))
@@ -105,5 +106,6 @@ def explain(
     return Explanation(
         route=route.name, method=method, url=url, origin=decision.origin, cors=decision.cors,
         reason=decision.reason, answered_by_proxy=status is not None, status=status,
+        body=None if status is None else text_body(body).decode(),
         headers=edited.headers, headers_set=edited.set_names, headers_removed=edited.removed_names, note=note,
     )
