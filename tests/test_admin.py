@@ -1,0 +1,118 @@
+"""The admin listener (CONTRACT §3 [admin]): /healthz, /metrics (Prometheus text), /config."""
+from __future__ import annotations
+
+import json
+import re
+import signal
+
+import pytest
+
+from e2e import coxp_proc, free_port, http_request, query_upstream  # noqa: F401  (fixtures)
+
+ORIGIN = "https://app.example.test"
+
+CONFIG = """
+[proxy]
+listen = "127.0.0.1:0"
+upstream = "{upstream}"
+[admin]
+listen = "127.0.0.1:{admin}"
+[log]
+format = "json"
+[[routes]]
+name = "api"
+paths = ["/api/*"]
+[routes.cors]
+allow_origins = ["https://app.example.test"]
+allow_methods = ["PUT"]
+"""
+
+
+@pytest.fixture
+def admin(coxp_proc, query_upstream):
+    port = free_port()
+    proxy = coxp_proc(CONFIG.replace("{upstream}", query_upstream.url).replace("{admin}", str(port)))
+    assert proxy.events[0]["admin"] == f"127.0.0.1:{port}"
+
+    def get(path: str):
+        return http_request(port, "GET", path, host=f"127.0.0.1:{port}")
+
+    return proxy, get
+
+
+def samples(text: str, name: str) -> dict[tuple, float]:
+    """Prometheus text samples of one metric: {sorted label pairs: value}."""
+    out = {}
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
+        if match:
+            labels = tuple(sorted(re.findall(r'(\w+)="([^"]*)"', match.group(1) or "")))
+            out[labels] = float(match.group(2))
+    return out
+
+
+def test_healthz(admin):
+    _, get = admin
+    response = get("/healthz")
+    assert (response.status, response.body) == (200, b"ok\n")
+
+
+def test_metrics_count_requests_by_route_cors_and_status(admin):
+    proxy, get = admin
+    before = samples(get("/metrics").body.decode(), "coxp_requests_total")
+    assert before == {}  # no traffic yet
+    proxy.request("GET", "/api/a", [("Origin", ORIGIN)])
+    proxy.request("GET", "/api/a", [("Origin", ORIGIN)])
+    proxy.request("GET", "/api/a", [("Origin", "https://evil.test")])
+    proxy.request("OPTIONS", "/api/a", [("Origin", ORIGIN), ("Access-Control-Request-Method", "DELETE")])
+    proxy.request("GET", "/other")
+    response = get("/metrics")
+    assert response.status == 200
+    assert response.header("Content-Type").startswith("text/plain")
+    text = response.body.decode()
+    counts = samples(text, "coxp_requests_total")
+    assert counts == {
+        (("cors", "allowed"), ("route", "api"), ("status", "200")): 2.0,
+        (("cors", "denied"), ("route", "api"), ("status", "200")): 1.0,
+        (("cors", "preflight-denied"), ("route", "api"), ("status", "403")): 1.0,
+        (("cors", "off"), ("route", "default"), ("status", "200")): 1.0,
+    }
+    durations = samples(text, "coxp_request_duration_seconds_count")
+    assert durations == {(("route", "api"),): 4.0, (("route", "default"),): 1.0}
+    assert "# TYPE coxp_requests_total counter" in text or "# TYPE coxp_requests counter" in text
+
+
+def test_metrics_count_bad_requests(admin):
+    proxy, get = admin
+    import socket
+
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\n\r\n")  # no Host: 400, never routed
+        assert sock.recv(100).startswith(b"HTTP/1.1 400")
+    proxy.wait_event(lambda e: e.get("event") == "bad_request")
+    assert samples(get("/metrics").body.decode(), "coxp_bad_requests_total") == {(("status", "400"),): 1.0}
+
+
+def test_config_is_the_effective_config_as_json(admin):
+    proxy, get = admin
+    response = get("/config")
+    assert response.status == 200 and response.header("Content-Type").startswith("application/json")
+    effective = json.loads(response.body)
+    assert [r["name"] for r in effective["routes"]] == ["api"]
+    assert effective["routes"][0]["cors"]["allow_origins"] == [ORIGIN]
+    assert effective["proxy"]["upstream"].startswith("http://127.0.0.1:")
+
+
+def test_config_follows_a_reload(admin, tmp_path):
+    proxy, get = admin
+    path = tmp_path / "coxp.toml"
+    path.write_text(path.read_text().replace('name = "api"', 'name = "renamed"'))
+    mark = proxy.mark()
+    proxy.signal(signal.SIGHUP)
+    proxy.wait_event(lambda e: e.get("event") == "config_reloaded", start=mark)
+    assert [r["name"] for r in json.loads(get("/config").body)["routes"]] == ["renamed"]
+
+
+def test_unknown_admin_path_is_404(admin):
+    _, get = admin
+    assert get("/nope").status == 404
