@@ -110,6 +110,8 @@ class Upstream:
         return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._websocket(request)
         body = await request.read()
         self.requests.append(Seen(request.method, request.raw_path, list(request.raw_headers_str()), body))
         query = parse_qsl(urlsplit(request.raw_path).query, keep_blank_values=True)
@@ -129,6 +131,21 @@ class Upstream:
             headers["Content-Type"] = "text/plain; charset=utf-8"
         text = b"" if status in (204, 304) or request.method == "HEAD" else b"upstream " + request.method.encode()
         return web.Response(status=status, headers=headers, body=text)
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        """An echo WebSocket; `?h=` adds headers to its 101 as for any other answer."""
+        self.requests.append(Seen(request.method, request.raw_path, list(request.raw_headers_str()), b""))
+        query = parse_qsl(urlsplit(request.raw_path).query, keep_blank_values=True)
+        ws = web.WebSocketResponse()
+        for key, value in query:
+            if key == "h":
+                name, _, v = value.partition(":")
+                ws.headers.add(name, v.strip())
+        await ws.prepare(request)
+        async for message in ws:
+            if message.type == web.WSMsgType.TEXT:
+                await ws.send_str("echo " + message.data)
+        return ws
 
     def saw(self, marker: str) -> list[Seen]:
         """The requests whose target contains `marker` (tests put a unique id in the query)."""
@@ -300,6 +317,42 @@ def http_request(port: int, method: str, target: str, headers=(), body: bytes | 
         return Response(raw.status, raw.reason, list(raw.getheaders()), data)
     finally:
         conn.close()
+
+
+def websocket_handshake(port: int, target: str, headers=(), host: str | None = None):
+    """Send a WebSocket upgrade; returns (status, headers, socket) -- the socket stays open
+    for frames when the status is 101 (the caller closes it)."""
+    import base64
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [f"GET {target} HTTP/1.1", f"Host: {host or f'127.0.0.1:{port}'}", "Upgrade: websocket",
+             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+    lines += [f"{n}: {v}" for n, v in headers]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    status = int(head[0].split()[1])
+    parsed = [tuple(part.strip() for part in line.split(":", 1)) for line in head[1:] if line]
+    return status, parsed, sock
+
+
+def websocket_echo(sock: socket.socket, text: str) -> str:
+    """Send one masked text frame, read one unmasked text frame back (short messages only)."""
+    payload = text.encode()
+    mask = os.urandom(4)
+    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+    header = sock.recv(2)
+    size = header[1] & 0x7F
+    data = b""
+    while len(data) < size:
+        data += sock.recv(size - len(data))
+    return data.decode()
 
 
 def write_config(directory: Path, text: str, name: str | None = None) -> Path:

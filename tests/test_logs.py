@@ -192,3 +192,29 @@ def test_console_format_is_readable(coxp_proc, query_upstream):
     assert "method-not-allowed" in line and "route=api" in line and "status=403" in line
     with pytest.raises(ValueError):
         json.loads(line)
+
+
+def test_several_workers_write_whole_json_lines(coxp_proc, query_upstream):
+    """workers = 2 writing concurrently to one pipe: every line is still one JSON object, even
+    lines longer than PIPE_BUF (a long path), and there is exactly one event per request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    text = CONFIG.replace("{upstream}", query_upstream.url).replace("{closed}", "1").replace(
+        "[log]", "workers = 2\n[log]")
+    proxy = coxp_proc(text)
+    proxy.wait_event(lambda e: e.get("event") == "listening", start=1)  # the second worker
+    long_path = "/api/" + "x" * 6000
+    total = 60
+
+    def one(i: int) -> int:
+        return http_request(proxy.port, "GET", f"{long_path}?n={i}", [("Origin", ORIGIN)], host="127.0.0.1").status
+
+    with ThreadPoolExecutor(12) as pool:
+        assert set(pool.map(one, range(total))) == {200}
+    assert proxy.stop() == 0
+    for line in proxy.lines:
+        assert isinstance(json.loads(line), dict), line[:200]
+    requests = [e for e in proxy.events if e["event"] == "request"]
+    assert len(requests) == total
+    assert {e["path"] for e in requests} == {long_path}
+    assert len({e["pid"] for e in proxy.events if e["event"] == "listening"}) == 2

@@ -228,6 +228,34 @@ paths = ["/enf/*"]
 allow_origins = ["https://app.example.test"]
 enforce = true
 """,
+    # Origin forms beyond the basics: regex, literal null, expose "*", same-origin normalisation.
+    "more": HEAD + """
+[[routes]]
+name = "regex"
+paths = ["/regex/*"]
+[routes.cors]
+allow_origin_regex = ['https://pr-[0-9]+\\.preview\\.test']
+
+[[routes]]
+name = "null"
+paths = ["/null/*"]
+[routes.cors]
+allow_origins = ["null", "https://app.example.test"]
+expose_headers = ["*"]
+
+[[routes]]
+name = "star-default"
+paths = ["/stard/*"]
+[routes.cors]
+mode = "default"
+allow_origins = ["*"]
+
+[[routes]]
+name = "ports"
+paths = ["/ports/*"]
+[routes.cors]
+allow_origins = ["https://app.example.test:8443", "http://*.localhost:*"]
+""",
     # Behind a trusted load balancer: X-Forwarded-Proto/-Host define the request's own origin.
     "trusted": HEAD.replace("read_timeout = 1.0", 'trusted_proxies = ["127.0.0.1"]') + """
 [[routes]]
@@ -560,7 +588,46 @@ FORWARDED_CASES = [
          expect=[("Access-Control-Allow-Origin", ORIGIN), VARY_O]),
 ]
 
-ALL_CASES = CORS_CASES + ISOLATION_CASES + PROXY_MADE_CASES + FORWARDED_CASES
+MORE_CASES = [
+    Case("regex-normalised-echoed", "more", "GET", "/regex/a", [O("HTTPS://PR-12.Preview.test:443")], route="regex",
+         cors="allowed", expect=[("Access-Control-Allow-Origin", "HTTPS://PR-12.Preview.test:443"), VARY_O]),
+    Case("regex-full-match-only", "more", "GET", "/regex/a", [O("https://pr-12.preview.test.evil.test")],
+         cors="denied", reason="origin-not-allowed", expect=[VARY_O]),
+    Case("regex-preflight", "more", "OPTIONS", "/regex/a", PF("POST", origin="https://pr-7.preview.test"),
+         status=204, forwarded=False, cors="preflight-allowed", body="",
+         expect=[("Access-Control-Allow-Origin", "https://pr-7.preview.test"), VARY_PF]),
+    Case("null-listed", "more", "GET", "/null/a", [O("null")], route="null", cors="allowed",
+         expect=[("Access-Control-Allow-Origin", "null"), ("Access-Control-Expose-Headers", "*"), VARY_O]),
+    Case("null-case-sensitive", "more", "GET", "/null/a", [O("NULL")], cors="denied", reason="origin-not-allowed",
+         expect=[VARY_O]),
+    Case("star-default-upstream-silent", "more", "GET", "/stard/a", [], route="star-default", cors="not-cors",
+         upstream=[("Vary", "Accept")], expect=[("Access-Control-Allow-Origin", "*"), ("Vary", "Accept")]),
+    Case("star-default-upstream-kept", "more", "GET", "/stard/a", [O()], cors="allowed",
+         upstream=[("Access-Control-Allow-Origin", ORIGIN), ("Access-Control-Allow-Credentials", "true")],
+         expect=[("Access-Control-Allow-Origin", ORIGIN), ("Access-Control-Allow-Credentials", "true")]),
+    Case("explicit-port", "more", "GET", "/ports/a", [O("https://app.example.test:8443")], route="ports",
+         cors="allowed", expect=[("Access-Control-Allow-Origin", "https://app.example.test:8443"), VARY_O]),
+    Case("explicit-port-other-port", "more", "GET", "/ports/a", [O()], cors="denied", reason="origin-not-allowed",
+         expect=[VARY_O]),
+    Case("subdomain-and-port-wildcard", "more", "GET", "/ports/a", [O("http://a.b.localhost:3000")], cors="allowed",
+         expect=[("Access-Control-Allow-Origin", "http://a.b.localhost:3000"), VARY_O]),
+    Case("subdomain-wildcard-not-apex", "more", "GET", "/ports/a", [O("http://localhost:3000")], cors="denied",
+         reason="origin-not-allowed", expect=[VARY_O]),
+    Case("same-origin-default-port-in-host", "more", "GET", "/ports/a", [O("http://app.example.test")],
+         host="app.example.test:80", cors="same-origin", expect=[VARY_O]),
+    Case("same-origin-default-port-in-origin", "more", "GET", "/ports/a", [O("http://app.example.test:80")],
+         host="App.Example.Test", cors="same-origin", expect=[VARY_O]),
+    Case("not-same-origin-other-scheme", "more", "GET", "/ports/a", [O("https://app.example.test:8443")],
+         host="app.example.test:8443", cors="allowed",
+         expect=[("Access-Control-Allow-Origin", "https://app.example.test:8443"), VARY_O]),
+    Case("head-request", "more", "HEAD", "/ports/a", [O("http://x.localhost")], cors="allowed",
+         expect=[("Access-Control-Allow-Origin", "http://x.localhost"), VARY_O]),
+    Case("304-response", "more", "GET", "/ports/a", [O("http://x.localhost")], query="status=304", status=304,
+         cors="allowed", upstream=[("ETag", '"v1"')],
+         expect=[("Access-Control-Allow-Origin", "http://x.localhost"), ("ETag", '"v1"'), VARY_O]),
+]
+
+ALL_CASES = CORS_CASES + ISOLATION_CASES + PROXY_MADE_CASES + FORWARDED_CASES + MORE_CASES
 
 
 def config_text(name: str) -> str:
@@ -706,3 +773,41 @@ def test_explain_and_server_agree(coxp_pool, query_upstream, tmp_path, capsysbin
         assert sorted(explained["headers_removed"]) == sorted(response.event["headers_removed"]), context
         checked += 1
     assert checked > 60
+
+
+# --------------------------------------------------------------------------------------------
+# WebSocket upgrades: CORS headers do not apply to the 101; `enforce` does (CONTRACT §4, §6)
+
+WS_CASES = [
+    # (id, path, request headers, upstream's 101 headers, status, exact policy headers, cors, reaches upstream)
+    ("ws-star-no-acao", "/star/ws", [O("https://anyone.test")], [], 101, [], "allowed", True),
+    ("ws-allowed-no-cors-headers", "/creds/ws", [O()], [], 101, [], "allowed", True),
+    ("ws-denied-not-enforced", "/creds/ws", [O("https://evil.test")], [], 101, [], "denied", True),
+    ("ws-enforce-denied-403", "/enforce/ws", [O("https://evil.test")], [], 403, [VARY_O], "denied", False),
+    ("ws-enforce-allowed", "/enforce/ws", [O()], [], 101, [], "allowed", True),
+    ("ws-enforce-same-origin", "/enforce/ws", [O("http://api.example.test")], [], 101, [], "same-origin", True),
+]
+
+
+@pytest.mark.parametrize("path, headers, up, status, expect, cors, reaches",
+                         [c[1:] for c in WS_CASES], ids=[c[0] for c in WS_CASES])
+def test_websocket_upgrade_policies(coxp_pool, query_upstream, path, headers, up, status, expect, cors, reaches):
+    from e2e import policy_view, websocket_echo, websocket_handshake
+
+    proxy = coxp_pool.get(config_text("cors"))
+    marker = unique()
+    query = urlencode([("h", f"{n}: {v}") for n, v in up])
+    mark = proxy.mark()
+    host = "api.example.test" if cors == "same-origin" else None
+    got, response_headers, sock = websocket_handshake(proxy.port, f"{path}?{marker}&{query}", headers, host=host)
+    try:
+        assert got == status
+        hop = {"upgrade", "sec-websocket-accept"}
+        assert [h for h in policy_view(response_headers) if h[0] not in hop] == norm(expect)
+        if status == 101:
+            assert websocket_echo(sock, "hi") == "echo hi"
+    finally:
+        sock.close()
+    assert len(query_upstream.saw(marker)) == (1 if reaches else 0)
+    event = proxy.wait_event(lambda e: e.get("event") == "request", start=mark)
+    assert (event["cors"], event["status"]) == (cors, status)
