@@ -162,8 +162,10 @@ async def forward(
                 chunked = True
             else:
                 keep_alive = False  # HTTP/1.0 without a length: the end is marked by closing
-        # A body the upstream answered before reading to its end leaves the stream unframed.
-        keep_alive = keep_alive and conn.body_complete
+        # A body the upstream answered before reading to its end leaves the stream unframed;
+        # a SIGTERM that came while we waited means this is the connection's last response,
+        # which RFC 9112 §9.6 says to announce with `Connection: close`.
+        keep_alive = keep_alive and conn.body_complete and not state.stopping()
         if not keep_alive:
             out.append(("Connection", "close"))
         elif head.http_minor == 0:

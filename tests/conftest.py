@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import Coxp, Loop, RawUpstream, Upstream, config_text
+from harness import Coxp, Loop, RawUpstream, Upstream, config_text, fresh_log, start_coxp
 
 
 @pytest.fixture(scope="session")
@@ -31,11 +31,8 @@ def _coxp_factory(directory):
     started: list[Coxp] = []
 
     def start(text: str, name: str = "coxp.toml") -> Coxp:
-        path = directory / name
-        path.write_text(text)
-        process = Coxp(path, directory / f"{name}.stderr")
-        started.append(process)
-        return process
+        started.append(start_coxp(directory, text, name))
+        return started[-1]
 
     return start, started
 
@@ -59,10 +56,8 @@ def shared_proxy(tmp_path_factory, shared_upstream):
 
 @pytest.fixture
 def proxy(shared_proxy, upstream):
-    """coxp with the default settings in front of `upstream`; its log starts empty for this test."""
-    assert shared_proxy.process.poll() is None, "the shared coxp died in an earlier test"
-    shared_proxy.forget()
-    return shared_proxy
+    """coxp with the default settings in front of `upstream`."""
+    yield from fresh_log(shared_proxy, upstream)
 
 
 

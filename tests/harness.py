@@ -99,7 +99,11 @@ class Upstream:
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self._record)
         # handler_cancellation: a handler sees CancelledError when its client (coxp) goes away.
-        self.runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True)
+        # Large line bounds: coxp forwards fields of any size up to its own head limit.
+        self.runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, handler_cancellation=True,
+            max_line_size=64 * 1024, max_field_size=64 * 1024,
+        )
         self.port = free_port()
         self.scheme = "https" if ssl_context else "http"
 
@@ -222,6 +226,13 @@ def config_text(upstream: str | None = None, proxy: dict | None = None, limits: 
     return "\n".join(parts) + "\n" + extra
 
 
+def start_coxp(directory: Path, text: str, name: str = "coxp.toml") -> "Coxp":
+    """Write `text` to `directory/name` and start coxp with it."""
+    path = directory / name
+    path.write_text(text)
+    return Coxp(path, directory / f"{name}.stderr")
+
+
 class Coxp:
     """A running `coxp run` process and the JSON lines it has printed so far."""
 
@@ -263,6 +274,11 @@ class Coxp:
         """Drop the lines logged so far (for a process shared by several tests)."""
         with self.changed:
             self.lines.clear()
+
+    def settle(self) -> None:
+        """Make one request and wait for its log line: the lines of earlier requests came first."""
+        get(self, "/__settle__")
+        self.wait_event("request", path="/__settle__")
 
     def events(self, name: str, **match: Any) -> list[dict]:
         with self.changed:
@@ -306,6 +322,15 @@ class Coxp:
 
     def connect(self, timeout: float = 10.0) -> socket.socket:
         return socket.create_connection(self.address, timeout=timeout)
+
+
+def fresh_log(process: Coxp, upstream: Upstream):
+    """A shared coxp whose log starts empty for the test; after it, the late lines are waited for."""
+    assert process.process.poll() is None, "the shared coxp died in an earlier test"
+    process.forget()
+    yield process
+    upstream.reset()
+    process.settle()
 
 
 # --------------------------------------------------------------------------------------------

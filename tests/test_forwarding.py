@@ -11,6 +11,7 @@ import os
 import socket
 import struct
 import threading
+import zlib
 
 import aiohttp
 import pytest
@@ -481,3 +482,95 @@ def test_exactly_one_request_event_per_request_with_every_field(coxp, upstream):
     assert (preflight["cors"], preflight["reason"], preflight["status"], preflight["upstream_status"]) == (
         "preflight-denied", "origin-not-allowed", 403, None)
     assert (post["origin"], post["cors"], post["headers_removed"]) == (None, "not-cors", [])
+
+
+# --- streaming: 1 GiB each way with flat memory ---------------------------------------------------
+
+GIB = 1 << 30
+BLOCK = os.urandom(1 << 20)
+RSS_LIMIT_KIB = 100 * 1024
+
+
+def stream_crc(total: int = GIB) -> int:
+    crc = 0
+    for _ in range(total // len(BLOCK)):
+        crc = zlib.crc32(BLOCK, crc)
+    return crc
+
+
+class RssSampler:
+    """Samples the proxy's VmRSS every 50 ms while a transfer runs; `peak_kib` is the highest."""
+
+    def __init__(self, proxy) -> None:
+        self.proxy = proxy
+        self.peak_kib = proxy.rss_kib()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak_kib = max(self.peak_kib, self.proxy.rss_kib())
+            self.samples += 1
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_1_gib_request_body_streams_with_flat_memory(proxy, upstream):
+    received = {}
+
+    async def count(request):
+        size, crc = 0, 0
+        async for data in request.content.iter_any():
+            size += len(data)
+            crc = zlib.crc32(data, crc)
+        received.update(size=size, crc=crc)
+        return web.Response(text="counted")
+
+    upstream.handler = count
+    with proxy.connect(timeout=60) as sock, RssSampler(proxy) as rss:
+        sock.sendall(request_bytes("PUT", "/upload", [("Content-Length", str(GIB))]))
+        for _ in range(GIB // len(BLOCK)):
+            sock.sendall(BLOCK)
+        response = Reader(sock).response("PUT")
+    print(f"proxy VmRSS peak during a 1 GiB request body: {rss.peak_kib / 1024:.1f} MiB ({rss.samples} samples)")
+    assert (response.status, response.body) == (200, b"counted")
+    assert received == {"size": GIB, "crc": stream_crc()}
+    assert rss.samples > 10 and rss.peak_kib < RSS_LIMIT_KIB
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_1_gib_response_body_streams_with_flat_memory(proxy, upstream):
+    async def produce(request):
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = GIB
+        await response.prepare(request)
+        for _ in range(GIB // len(BLOCK)):
+            await response.write(BLOCK)
+        return response
+
+    upstream.handler = produce
+    size, crc = 0, 0
+    with proxy.connect(timeout=60) as sock, RssSampler(proxy) as rss:
+        sock.sendall(request_bytes("GET", "/download"))
+        reader = Reader(sock)
+        head = reader.head()
+        data = bytes(reader.buffer)  # what came with the head
+        while True:
+            size += len(data)
+            crc = zlib.crc32(data, crc)
+            if size >= GIB or not (data := sock.recv(1 << 20)):
+                break
+    print(f"proxy VmRSS peak during a 1 GiB response body: {rss.peak_kib / 1024:.1f} MiB ({rss.samples} samples)")
+    assert (head.status, head.value("content-length")) == (200, str(GIB))
+    assert (size, crc) == (GIB, stream_crc())
+    assert rss.samples > 10 and rss.peak_kib < RSS_LIMIT_KIB
