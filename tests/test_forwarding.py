@@ -324,6 +324,23 @@ def test_truncated_upstream_body_aborts_the_client_response(coxp, raw_upstream, 
     assert proxy.wait_event("upstream_error")["reason"] == "upstream-response-aborted"
 
 
+def test_upstream_stalling_mid_body_aborts_the_client_response_after_read_timeout(coxp, raw_upstream):
+    async def stall(reader, writer, head):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst")
+        await reader.read()  # until coxp gives up and closes
+
+    proxy = coxp(config_text(raw_upstream(stall).url, {"read_timeout": 0.5}))
+    with proxy.connect() as sock:
+        sock.sendall(request_bytes("GET", "/"))
+        reader = Reader(sock)
+        head = reader.head()
+        assert head.status == 200
+        with pytest.raises(Aborted):
+            reader.read_body(head)
+    assert proxy.wait_event("upstream_error")["reason"] == "upstream-response-aborted"
+    assert proxy.wait_event("request")["status"] == 200
+
+
 def close_with_fin(sock: socket.socket) -> None:
     sock.close()
 

@@ -1,0 +1,250 @@
+"""The strict request-head parser and chunked decoder (`proxy.http1`), as tables and properties."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.http1 import BadRequest, ChunkedDecoder, head_end, no_body_status, parse_head
+from proxy.model import Limits
+
+LIMITS = Limits(max_request_line=64, max_header_bytes=256, max_headers=4)
+
+
+def parse(raw: bytes, limits: Limits = LIMITS):
+    end = head_end(raw, limits)
+    assert end == len(raw), f"head ends at {end} of {len(raw)}"
+    return parse_head(raw, limits)
+
+
+def head(*lines: str) -> bytes:
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+# --- well-formed heads ------------------------------------------------------------------------------
+
+ACCEPTED = [
+    # raw head, (method, target, path, host, content_length, chunked, keep_alive, websocket)
+    (head("GET / HTTP/1.1", "Host: a.test"), ("GET", "/", "/", "a.test", None, False, True, False)),
+    (head("GET /a%2Fb//c?x=%2F&& HTTP/1.1", "Host: a.test:8080"),
+     ("GET", "/a%2Fb//c?x=%2F&&", "/a%2Fb//c", "a.test:8080", None, False, True, False)),
+    (head("POST /p HTTP/1.1", "host: a.test", "Content-Length: 5"), ("POST", "/p", "/p", "a.test", 5, False, True, False)),
+    (head("POST /p HTTP/1.1", "Host: a.test", "Content-Length: 5", "Content-Length: 5"),
+     ("POST", "/p", "/p", "a.test", 5, False, True, False)),
+    (head("POST /p HTTP/1.1", "Host: a.test", "Transfer-Encoding: Chunked"), ("POST", "/p", "/p", "a.test", None, True, True, False)),
+    (head("GET / HTTP/1.1", "Host: a.test", "Connection: close"), ("GET", "/", "/", "a.test", None, False, False, False)),
+    (head("GET / HTTP/1.0", "Host: a.test"), ("GET", "/", "/", "a.test", None, False, False, False)),
+    (head("GET / HTTP/1.0", "Host: a.test", "Connection: Keep-Alive"), ("GET", "/", "/", "a.test", None, False, True, False)),
+    (head("GET /ws HTTP/1.1", "Host: a.test", "Connection: keep-alive, Upgrade", "Upgrade: websocket"),
+     ("GET", "/ws", "/ws", "a.test", None, False, True, True)),
+    (head("OPTIONS * HTTP/1.1", "Host: a.test"), ("OPTIONS", "*", "*", "a.test", None, False, True, False)),
+    (head("FROB-NICATE_1 /x HTTP/1.1", "Host: a.test"), ("FROB-NICATE_1", "/x", "/x", "a.test", None, False, True, False)),
+]
+
+
+@pytest.mark.parametrize("raw, expected", ACCEPTED)
+def test_accepted_heads(raw, expected):
+    parsed = parse(raw)
+    assert (parsed.method, parsed.target, parsed.path, parsed.host, parsed.content_length, parsed.chunked,
+            parsed.keep_alive, parsed.websocket) == expected
+
+
+def test_header_values_keep_case_and_inner_spaces_but_lose_outer_whitespace():
+    parsed = parse(head("GET / HTTP/1.1", "Host: a.test", "X-A: \t one  Two \t", "x-b:", "X-C: caf\xe9"))
+    assert parsed.headers == [("Host", "a.test"), ("X-A", "one  Two"), ("x-b", ""), ("X-C", "caf\xe9")]
+
+
+def test_expect_continue_and_connection_tokens():
+    parsed = parse(head("PUT / HTTP/1.1", "Host: a", "Content-Length: 1", "Expect: 100-Continue", "Connection: X-Foo, keep-alive"))
+    assert parsed.expect_continue and parsed.connection_tokens == {"x-foo", "keep-alive"}
+
+
+# --- refused heads ----------------------------------------------------------------------------------
+
+REFUSED = [
+    (head("GET / HTTP/1.1"), 400, "missing-host"),
+    (head("GET / HTTP/1.1", "Host: a", "Host: b"), 400, "repeated-host"),
+    (head("GET / HTTP/1.1", "Host: a", "HOST: a"), 400, "repeated-host"),
+    (head("POST / HTTP/1.1", "Host: a", "Content-Length: 1", "Transfer-Encoding: chunked"), 400, "content-length-with-transfer-encoding"),
+    (head("POST / HTTP/1.1", "Host: a", "Content-Length: 1", "Content-Length: 2"), 400, "conflicting-content-length"),
+    (head("POST / HTTP/1.1", "Host: a", "Content-Length: 1, 2"), 400, "conflicting-content-length"),
+    (head("POST / HTTP/1.1", "Host: a", "Content-Length: -1"), 400, "malformed-content-length"),
+    (head("POST / HTTP/1.1", "Host: a", "Content-Length: 0x10"), 400, "malformed-content-length"),
+    (head("POST / HTTP/1.1", "Host: a", "Content-Length: \xb2"), 400, "malformed-content-length"),
+    (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: gzip"), 400, "transfer-encoding-not-chunked"),
+    (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: chunked, identity"), 400, "transfer-encoding-not-chunked"),
+    (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: gzip, chunked"), 501, "transfer-coding-not-supported"),
+    (head("POST / HTTP/1.0", "Host: a", "Transfer-Encoding: chunked"), 400, "transfer-encoding-in-http-1.0"),
+    (head("GET / HTTP/1.1", "Host: a", "X: a\x01b"), 400, "control-character-in-header-value"),
+    (head("GET / HTTP/1.1", "Host: a", "X: a\x7fb"), 400, "control-character-in-header-value"),
+    (head("GET / HTTP/1.1", "Host: a", "X: a", " folded"), 400, "obsolete-line-folding"),
+    (head("GET / HTTP/1.1", "Host: a", "X: a", "\tfolded"), 400, "obsolete-line-folding"),
+    (head("GET / HTTP/1.1", "Host: a", "X : a"), 400, "malformed-header-field"),
+    (head("GET / HTTP/1.1", "Host: a", "no colon"), 400, "malformed-header-field"),
+    (head("GET / HTTP/1.1", "Host: a", ": empty name"), 400, "malformed-header-field"),
+    (head("GET / HTTP/1.1", "Host: a", "X\x00: a"), 400, "malformed-header-field"),
+    (head("GET http://a/ HTTP/1.1", "Host: a"), 400, "request-target-not-origin-form"),
+    (head("CONNECT a:443 HTTP/1.1", "Host: a"), 400, "request-target-not-origin-form"),
+    (head("GET * HTTP/1.1", "Host: a"), 400, "request-target-not-origin-form"),
+    (head("GET /a#f HTTP/1.1", "Host: a"), 400, "malformed-request-target"),
+    (head("GET /\xe9 HTTP/1.1", "Host: a"), 400, "malformed-request-target"),
+    (head("GET / HTTP/1.1 extra", "Host: a"), 400, "malformed-request-line"),
+    (head("GET  / HTTP/1.1", "Host: a"), 400, "malformed-request-line"),
+    (head("G(T / HTTP/1.1", "Host: a"), 400, "malformed-method"),
+    (head("GET / HTTP/1.10", "Host: a"), 400, "malformed-http-version"),
+    (head("GET / http/1.1", "Host: a"), 400, "malformed-http-version"),
+    (head("GET / HTTP/2.0", "Host: a"), 505, "http-version-not-supported"),
+    (head("GET / HTTP/1.1", "Host: a", "X: \rb"), 400, "bare-cr-or-lf"),
+    (head("GET / HTTP/1.1", "Host: a", "A: 1", "B: 2", "C: 3", "D: 4"), 431, "too-many-headers"),
+]
+
+
+@pytest.mark.parametrize("raw, status, reason", REFUSED, ids=[r for _, _, r in REFUSED])
+def test_refused_heads(raw, status, reason):
+    with pytest.raises(BadRequest) as refused:
+        parse(raw)
+    assert (refused.value.status, refused.value.reason) == (status, reason)
+
+
+def test_max_headers_counts_host_and_allows_exactly_the_limit():
+    assert len(parse(head("GET / HTTP/1.1", "Host: a", "A: 1", "B: 2", "C: 3")).headers) == LIMITS.max_headers
+
+
+# --- where a head ends, and the size limits --------------------------------------------------------
+
+
+def line_of(length: int) -> bytes:
+    return b"GET /" + b"a" * (length - len(b"GET / HTTP/1.1")) + b" HTTP/1.1"
+
+
+def test_head_end_waits_for_the_blank_line():
+    assert head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", LIMITS) == -1
+    assert head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET", LIMITS) == len(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+
+
+@pytest.mark.parametrize("complete", [True, False], ids=["whole-line", "line-still-arriving"])
+def test_request_line_limit_is_exact(complete):
+    tail = b"\r\nHost: a\r\n\r\n" if complete else b"\r"
+    assert head_end(line_of(LIMITS.max_request_line) + tail, LIMITS) in (-1, LIMITS.max_request_line + len(tail))
+    with pytest.raises(BadRequest) as refused:
+        head_end(line_of(LIMITS.max_request_line + 1) + tail, LIMITS)
+    assert refused.value.status == 414
+
+
+def test_head_size_limit_is_exact():
+    start = b"GET / HTTP/1.1\r\nHost: a\r\nX: "
+    exact = start + b"v" * (LIMITS.max_header_bytes - len(start) - 4) + b"\r\n\r\n"
+    assert head_end(exact, LIMITS) == LIMITS.max_header_bytes
+    with pytest.raises(BadRequest) as refused:
+        head_end(exact[:-4] + b"v\r\n\r\n", LIMITS)
+    assert refused.value.status == 431
+    with pytest.raises(BadRequest):  # refused before the end arrives: never buffered past the limit
+        head_end(start + b"v" * LIMITS.max_header_bytes, LIMITS)
+
+
+def test_bare_lf_in_the_request_line_is_refused_at_once():
+    with pytest.raises(BadRequest) as refused:
+        head_end(b"GET / HTTP/1.1\nHost: a\n\n", LIMITS)
+    assert refused.value.reason == "bare-lf"
+
+
+# --- chunked bodies ---------------------------------------------------------------------------------
+
+CHUNKED_OK = [
+    (b"0\r\n\r\n", b""),
+    (b"5\r\nhello\r\n0\r\n\r\n", b"hello"),
+    (b"5;name=value\r\nhello\r\n6 \r\n world\r\n0\r\n\r\n", b"hello world"),
+    (b"A\r\n0123456789\r\n0\r\nX-Trailer: t\r\nY: u\r\n\r\n", b"0123456789"),
+    (b"000001\r\nx\r\n0\r\n\r\n", b"x"),
+]
+
+CHUNKED_BAD = [
+    (b"5\r\nhelloXX", "bad-chunk-framing"),
+    (b"zz\r\n", "bad-chunk-framing"),
+    (b"-1\r\n", "bad-chunk-framing"),
+    (b"\r\n", "bad-chunk-framing"),
+    (b"5\nhello\n", "bad-chunk-framing"),
+    (b"5\r\nhello\n\r\n", "bad-chunk-framing"),
+    (b"1" * 17 + b"\r\n", "bad-chunk-framing"),
+    (b"5 ;\rx\r\n", "bad-chunk-framing"),
+    (b"f" * 5000, "bad-chunk-framing"),
+    # Trailer fields are checked like header fields before they are dropped.
+    (b"5\r\nhello\r\n0\r\nbad trailer\r\n\r\n", "malformed-header-field"),
+    (b"5\r\nhello\r\n0\r\nX: a\x01\r\n\r\n", "control-character-in-header-value"),
+]
+
+
+def decode(pieces: list[bytes]) -> tuple[bytes, bool, bytearray]:
+    decoder, buffer, out = ChunkedDecoder(), bytearray(), bytearray()
+    for piece in pieces:
+        buffer += piece
+        for data in decoder.feed(buffer):
+            out += data
+    return bytes(out), decoder.done, buffer
+
+
+@pytest.mark.parametrize("wire, body", CHUNKED_OK)
+def test_chunked_decoding_whole_and_byte_by_byte(wire, body):
+    for pieces in ([wire], [wire[i:i + 1] for i in range(len(wire))]):
+        assert decode(pieces) == (body, True, bytearray())
+
+
+def test_chunked_decoder_stops_at_the_end_of_the_body():
+    assert decode([b"1\r\nx\r\n0\r\n\r\nGET / HTTP/1.1"]) == (b"x", True, bytearray(b"GET / HTTP/1.1"))
+
+
+@pytest.mark.parametrize("wire, reason", CHUNKED_BAD)
+def test_bad_chunk_framing_is_refused(wire, reason):
+    with pytest.raises(BadRequest) as refused:
+        decode([wire])
+    assert (refused.value.status, refused.value.reason) == (400, reason)
+
+
+@pytest.mark.parametrize(
+    "status, method, empty",
+    [(200, "HEAD", True), (101, "GET", True), (204, "GET", True), (304, "GET", True), (200, "GET", False), (205, "GET", False)],
+)
+def test_statuses_without_content(status, method, empty):
+    assert no_body_status(status, method) is empty
+
+
+# --- properties -------------------------------------------------------------------------------------
+
+HEAD_BYTES = st.one_of(
+    st.binary(max_size=400),
+    st.lists(
+        st.sampled_from([b"GET", b" ", b"/", b"*", b"HTTP/1.1", b"HTTP/1.0", b"\r\n", b"\n", b"\r", b":", b"Host",
+                         b"Content-Length", b"Transfer-Encoding", b"chunked", b"1", b",", b"\t", b"\x00", b"\xff", b"a"]),
+        max_size=60,
+    ).map(b"".join),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(HEAD_BYTES)
+def test_random_heads_raise_nothing_but_bad_request(raw):
+    try:
+        end = head_end(raw, LIMITS)
+        if end >= 0:
+            parsed = parse_head(raw[:end], LIMITS)
+            assert parsed.host is not None and not (parsed.chunked and parsed.content_length is not None)
+    except BadRequest as refused:
+        assert refused.status in (400, 414, 431, 501, 505) and refused.reason
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.binary(max_size=300), st.integers(min_value=1, max_value=17))
+def test_random_chunked_bodies_raise_nothing_but_bad_request(wire, step):
+    try:
+        body, _, _ = decode([wire[i:i + step] for i in range(0, len(wire), step)])
+    except BadRequest as refused:
+        assert refused.status == 400 and refused.reason
+    else:
+        assert len(body) <= len(wire)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=40), max_size=8), st.integers(min_value=1, max_value=9))
+def test_any_body_survives_chunked_encoding_and_decoding(chunks, step):
+    wire = b"".join(b"%x\r\n%b\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+    assert decode([wire[i:i + step] for i in range(0, len(wire), step)]) == (b"".join(chunks), True, bytearray())
