@@ -431,11 +431,30 @@ function done(summary, latency, requests)
 end
 """
 
+# Fixed-rate mode (wrk 4 has no -R): one schedule for the whole thread, a request every
+# `interval` ms on a monotonic clock (LuaJIT FFI); delay() is asked whenever a connection is ready
+# to send and returns the wait until the next slot. A server that falls behind gets no extra
+# slots back-filled beyond the schedule, so the achieved rate shows it.
 DELAY_LUA = """\
-local base, frac = {base}, {frac}
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct {{ long tv_sec; long tv_nsec; }} coxp_bench_ts;
+int clock_gettime(int clk_id, coxp_bench_ts *tp);
+]]
+local ts = ffi.new("coxp_bench_ts")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+local interval = {interval}
+local next_t = nil
 function delay()
-  if math.random() < frac then return base + 1 end
-  return base
+  local now = now_ms()
+  if next_t == nil then next_t = now end
+  next_t = next_t + interval
+  local d = next_t - now
+  if d <= 0 then return 0 end
+  return math.floor(d + 0.5)
 end
 """
 
@@ -445,18 +464,12 @@ class Wrk:
         self.work, self.connections, self.cpu = work, connections, cpu
         self.n = 0
 
-    def run(self, port: int, wl: dict, duration: int, rate: float | None = None,
-            overhead_ms: float = 0.0) -> dict:
+    def run(self, port: int, wl: dict, duration: int, rate: float | None = None) -> dict:
         self.n += 1
         out = self.work / f"wrk-{self.n}.json"
         delay = ""
         if rate:
-            # wrk 4 has no -R: each connection waits delay() ms after a response before sending the
-            # next request, so the rate is ~ connections / (delay + latency). Dithered to hit
-            # fractional delays on average.
-            per_conn_ms = max(0.0, 1000.0 * self.connections / rate - overhead_ms)
-            base = int(per_conn_ms)
-            delay = DELAY_LUA.format(base=base, frac=round(per_conn_ms - base, 4))
+            delay = DELAY_LUA.format(interval=repr(1000.0 / rate))
         headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in wl["headers"].items())
         script = self.work / f"wrk-{self.n}.lua"
         script.write_text(WRK_LUA.format(method=wl["method"], headers=headers, out=out, delay=delay))
@@ -627,6 +640,23 @@ def run(args, targets, workloads, notes, work: Path, cpu_srv, cpu_wrk) -> int:
             if pids[t].poll() is None:
                 rss[t]["peak"] = max(rss[t]["peak"], rss_kib(pids[t].pid))
 
+    sampler_stop = threading.Event()
+
+    def sampler():                      # every 200 ms during all runs; process tree refreshed every 2 s
+        trees: dict[str, list[int]] = {}
+        n = 0
+        while not sampler_stop.is_set():
+            for t in coxp_rows:
+                if n % 10 == 0:
+                    trees[t] = descendants(pids[t].pid)
+                kib = sum(_proc_field(f"/proc/{q}/status", "VmRSS:") for q in trees.get(t, []))
+                rss[t]["peak"] = max(rss[t]["peak"], kib)
+            n += 1
+            sampler_stop.wait(0.2)
+
+    if coxp_rows:
+        threading.Thread(target=sampler, daemon=True).start()
+
     wrk = Wrk(work, args.connections, cpu_wrk)
     dead: set[str] = set()
     loads: list[float] = []
@@ -698,9 +728,10 @@ def run(args, targets, workloads, notes, work: Path, cpu_srv, cpu_wrk) -> int:
                 if t in dead:
                     continue
                 try:
-                    overhead_ms = calibrate(wrk, ports[t], rate, max(args.warmup, 2))
+                    if args.warmup:
+                        wrk.run(ports[t], WORKLOADS["small"], args.warmup, rate=rate)
                     loads.append(wait_quiet(args.wait_quiet))
-                    res = wrk.run(ports[t], WORKLOADS["small"], args.duration, rate=rate, overhead_ms=overhead_ms)
+                    res = wrk.run(ports[t], WORKLOADS["small"], args.duration, rate=rate)
                 except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
                     notes.append(f"{t} half-rate round {rnd + 1}: wrk failed: {str(e)[:200]}")
                     check_alive(t, f"half-rate round {rnd + 1}")
@@ -712,6 +743,7 @@ def run(args, targets, workloads, notes, work: Path, cpu_srv, cpu_wrk) -> int:
                     f"p99 {fmt_ms(res['p99_us'])} ms")
 
     # --- coxp memory across a 1 GiB body
+    sampler_stop.set()
     big = {}
     if not args.no_big_body:
         for t in coxp_rows:
@@ -742,21 +774,6 @@ def run(args, targets, workloads, notes, work: Path, cpu_srv, cpu_wrk) -> int:
     out.write_text(report)
     log(f"wrote {out}")
     return 0
-
-
-def calibrate(wrk: Wrk, port: int, rate: float, secs: int, steps: int = 3) -> float:
-    """Find the per-connection delay correction that makes wrk achieve ~rate (within 5 %)."""
-    c = wrk.connections
-    overhead = 0.0
-    for _ in range(steps):
-        r = wrk.run(port, WORKLOADS["small"], secs, rate=rate, overhead_ms=overhead)
-        if abs(r["rps"] - rate) <= 0.05 * rate:
-            break
-        # cycle time per connection = delay + server time; move the delay by the error
-        overhead = max(0.0, overhead + 1000.0 * c / r["rps"] - 1000.0 * c / rate)
-        if overhead >= 1000.0 * c / rate:       # cannot reach the rate even with no delay
-            break
-    return overhead
 
 
 def big_body_rss(port: int, pid: int, cpu) -> dict:
@@ -852,11 +869,11 @@ def render(args, targets, workloads, ports, results, med, half, rss, big, notes,
         L.append(f"## p99 at a fixed rate: {half['rate']:,.0f} req/s ({half['basis']}), small GET")
         L.append("")
         L.append("wrk 4 has no `-R` and wrk2 is not packaged in Debian: the rate is held by a Lua `delay()` "
-                 f"per connection ({args.connections} connections, dithered ms delays, calibrated by a warm-up run "
-                 "that measures the server's own share of each request cycle). Each connection is closed-loop "
-                 "(a latency spike delays that connection's next request: coordinated omission is not corrected), "
-                 "so p99 here is a lower bound of what wrk2 would report. Compare the achieved rates: a target "
-                 "that cannot reach the rate shows it here.")
+                 f"hook: one schedule per wrk thread, a request every 1/R s on a monotonic clock (LuaJIT FFI), "
+                 f"sent on whichever of the {args.connections} connections is free; waits are rounded to whole ms "
+                 "(bursts within a ms). Latency is timed from the actual send, so a server stall that holds all "
+                 "connections is not charged to the requests that waited (coordinated omission, which wrk2 "
+                 "corrects): p99 here is a lower bound. A target that cannot sustain R shows a lower achieved rate.")
         L.append("")
         L.append("| target | achieved req/s | p50 ms | p99 ms | p99 − nginx p99 (ms) | errors |")
         L.append("|---|---:|---:|---:|---:|---:|")
