@@ -31,9 +31,8 @@ import base64
 import hashlib
 import json
 import os
-import shutil
+import shlex
 import signal
-import socket
 import ssl
 import struct
 import subprocess
@@ -330,10 +329,16 @@ def ws_echo(loop):
 # --------------------------------------------------------------------------------------------
 
 def coxp_command() -> list[str]:
-    exe = Path(sys.executable).with_name("coxp")
-    if exe.exists():
-        return [str(exe)]
+    """``python -m proxy`` of the checkout these tests live in (``COXP_CMD`` overrides, e.g. ``coxp``)."""
+    if os.environ.get("COXP_CMD"):
+        return shlex.split(os.environ["COXP_CMD"])
     return [sys.executable, "-m", "proxy"]
+
+
+def coxp_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
+    return env
 
 
 class Coxp:
@@ -352,6 +357,7 @@ class Coxp:
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             cwd=str(config_path.parent),
+            env=coxp_env(),
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
