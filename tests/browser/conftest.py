@@ -407,6 +407,15 @@ class Coxp:
                 out.append(ev)
         return out
 
+    def wait_requests(self, timeout: float = 3.0, **match) -> list[dict]:
+        """Like ``requests`` but waits (briefly) for a matching event: a log line may trail the response."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.requests(**match)
+            if found or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.05)
+
     def stop(self) -> int | None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -50,6 +50,7 @@ def test_1_twin_other_origin_gets_typeerror(page, pages, upstream, coxp):
     assert not res["ok"] and res["error"] == "TypeError", diag(proxy, upstream, page, res)
     # CORS hides the answer; it does not stop the request (enforce is off).
     assert upstream.seen("GET", "/api/data"), diag(proxy, upstream)
+    assert proxy.wait_requests(path="/api/data", cors="denied", reason="origin-not-allowed"), diag(proxy)
 
 
 def test_1_twin_without_coxp_the_upstream_alone_is_unreadable(page, pages, upstream):
@@ -111,7 +112,7 @@ def test_3_preflight_answered_by_coxp_then_put_succeeds(page, pages, upstream, c
     assert json.loads(echoed["body"]) == {"item": 7, "name": "widget"}
     # The browser did send a preflight (coxp logged it) but the upstream never saw an OPTIONS.
     assert upstream.methods() == ["PUT"], diag(proxy, upstream)
-    assert proxy.requests(method="OPTIONS", cors="preflight-allowed"), diag(proxy, upstream)
+    assert proxy.wait_requests(method="OPTIONS", cors="preflight-allowed"), diag(proxy, upstream)
 
 
 def test_3_twin_header_not_allowed_fails(page, pages, upstream, coxp):
@@ -124,7 +125,7 @@ def test_3_twin_header_not_allowed_fails(page, pages, upstream, coxp):
     assert not res["ok"] and res["error"] == "TypeError", diag(proxy, upstream, page, res)
     # The preflight was denied by coxp: the browser never sent the PUT, the upstream saw nothing.
     assert upstream.methods() == [], diag(proxy, upstream)
-    assert proxy.requests(method="OPTIONS", cors="preflight-denied", reason="header-not-allowed"), diag(proxy)
+    assert proxy.wait_requests(method="OPTIONS", cors="preflight-denied", reason="header-not-allowed"), diag(proxy)
 
 
 def test_3_twin_method_not_allowed_fails(page, pages, upstream, coxp):
@@ -136,6 +137,7 @@ def test_3_twin_method_not_allowed_fails(page, pages, upstream, coxp):
     res = page_fetch(page, proxy.url(API, "/api/echo"), PUT_INIT)
     assert not res["ok"] and res["error"] == "TypeError", diag(proxy, upstream, page, res)
     assert upstream.methods() == [], diag(proxy, upstream)
+    assert proxy.wait_requests(method="OPTIONS", cors="preflight-denied", reason="method-not-allowed"), diag(proxy)
 
 
 # --- 4. Authorization with allow_headers = ["*"] ----------------------------------------------
@@ -158,6 +160,7 @@ def test_4_twin_authorization_not_allowed_fails(page, pages, upstream, coxp):
     res = page_fetch(page, proxy.url(API, "/api/echo"), AUTH_INIT)
     assert not res["ok"] and res["error"] == "TypeError", diag(proxy, upstream, page, res)
     assert upstream.methods() == [], diag(proxy, upstream)
+    assert proxy.wait_requests(method="OPTIONS", cors="preflight-denied", reason="header-not-allowed"), diag(proxy)
 
 
 # --- 5. expose_headers ------------------------------------------------------------------------
