@@ -38,6 +38,11 @@ class Upstream:
     def tls(self) -> bool:
         return self.scheme == "https"
 
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """What pooled connections are shared by."""
+        return (self.scheme, self.host, self.port)
+
 
 @dataclass(frozen=True, slots=True)
 class ProxySettings:

@@ -10,7 +10,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from proxy.connection import ClientConnection
-from proxy.forwarding import MAX_UPSTREAM_HEAD, UpstreamFailure, is_trusted, upstream_headers, upstream_ssl_context
+from proxy.forwarding import MAX_RESPONSE_HEAD, UpstreamFailure, is_trusted, upstream_headers, upstream_ssl_context
 from proxy.http1 import RequestHead, serialize_fields, serialize_head
 from proxy.model import Upstream
 from proxy.policy import Decision, apply_edits
@@ -29,9 +29,8 @@ async def open_tunnel(
 
     settings = state.config.proxy
     headers = upstream_headers(head, settings, upstream, conn.peer_ip, scheme, is_trusted(conn.peer_ip, settings.trusted_proxies))
-    headers["Connection"] = "Upgrade"
-    headers["Upgrade"] = next(v for n, v in head.headers if n.lower() == "upgrade")
-    request = f"{head.method} {head.target} HTTP/1.1\r\n".encode("latin-1") + serialize_fields(list(headers.items()))
+    headers += [("Connection", "Upgrade"), ("Upgrade", next(v for n, v in head.headers if n.lower() == "upgrade"))]
+    request = f"{head.method} {head.target} HTTP/1.1\r\n".encode("latin-1") + serialize_fields(headers)
     try:
         reader, writer = await _connect(upstream, settings)
     except UpstreamFailure as failure:
@@ -68,7 +67,7 @@ async def _connect(upstream: Upstream, settings) -> tuple[asyncio.StreamReader, 
     tls = upstream_ssl_context(settings) if upstream.tls else None
     try:
         return await asyncio.wait_for(
-            asyncio.open_connection(upstream.host, upstream.port, ssl=tls, limit=MAX_UPSTREAM_HEAD),
+            asyncio.open_connection(upstream.host, upstream.port, ssl=tls, limit=MAX_RESPONSE_HEAD),
             settings.connect_timeout,
         )
     except (asyncio.TimeoutError, TimeoutError) as failure:

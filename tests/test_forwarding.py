@@ -87,7 +87,7 @@ def test_gzip_response_is_passed_byte_for_byte(proxy, upstream):
         "//double//slash/",
         "/p;x=1/%7e/./../q?x=%2F&y=a+b&z=%zz&&=&%E2%82%AC",
         "/search?q='\"<>{}|^`",
-        pytest.param("/?", marks=pytest.mark.xfail(strict=True, reason="yarl drops an empty query; aiohttp sends the URL's path_qs")),
+        "/?",
     ],
 )
 def test_path_and_query_reach_the_upstream_byte_for_byte(proxy, upstream, target):
