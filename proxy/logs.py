@@ -1,8 +1,22 @@
-"""The decision log: structlog configured once, for speed (orjson, cached loggers, no frame lookups)."""
+"""The decision log: structlog configured once, for speed (orjson, cached loggers, no frame lookups).
+
+Every event is written to stdout as one whole line with a single `write(2)` where possible. With
+`workers = N` several processes share that stdout, usually a pipe: POSIX makes a pipe write
+atomic only up to `PIPE_BUF` (4096 bytes on Linux), and a longer line (a long path, a long
+`errors` list) written while the pipe is full is split into pieces that other workers' lines
+can land between. So once the process has forked, each line is written under a POSIX record
+lock on a file shared by the parent and its workers (record locks belong to a process, so
+inherited descriptors still exclude each other); before any fork there is one writer and no lock.
+"""
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import select
 import sys
+import tempfile
+from typing import Any
 
 import orjson
 import structlog
@@ -15,22 +29,74 @@ def _orjson_dumps(event: dict, **_: object) -> bytes:
     return orjson.dumps(event, default=str)
 
 
+class LineWriter:
+    """A structlog logger writing each rendered event (bytes or str) as one line to a file
+    descriptor, whole even when several processes share it (see the module docstring)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.shared = False  # set in parent and child by the fork hook
+        self._lock_file = None
+        try:
+            self._lock_file = tempfile.TemporaryFile(prefix="coxp-log-lock-")
+        except OSError:  # no writable temporary directory: lines over PIPE_BUF may interleave
+            pass
+
+    def msg(self, message: Any) -> None:
+        line = (message.encode("utf-8", "replace") if isinstance(message, str) else message) + b"\n"
+        if not self.shared or self._lock_file is None:
+            self._write_all(line)
+            return
+        fcntl.lockf(self._lock_file, fcntl.LOCK_EX)
+        try:
+            self._write_all(line)
+        finally:
+            fcntl.lockf(self._lock_file, fcntl.LOCK_UN)
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = failure = msg
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self.fd, view)
+            except BlockingIOError:  # a non-blocking stdout inherited from the caller
+                select.select([], [self.fd], [])
+                continue
+            except BrokenPipeError:  # nobody reads the log any more; serving goes on
+                return
+            view = view[written:]
+
+
+_writer: LineWriter | None = None
+
+
+def _mark_shared() -> None:
+    if _writer is not None:
+        _writer.shared = True
+
+
+os.register_at_fork(after_in_parent=_mark_shared, after_in_child=_mark_shared)
+
+
 def configure(log_format: str, level: str) -> None:
     """Route every event to stdout, one whole line per event (JSON) or a readable console line."""
+    global _writer
     shared = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if log_format == "json":
         processors = [*shared, structlog.processors.JSONRenderer(serializer=_orjson_dumps)]
-        factory = structlog.BytesLoggerFactory(sys.stdout.buffer)
     else:
         processors = [*shared, structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())]
-        factory = structlog.PrintLoggerFactory(sys.stdout)
+    sys.stdout.flush()  # anything printed before goes out before the first event
+    _writer = LineWriter(sys.stdout.fileno())
+    writer = _writer
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level.lower()]),
-        logger_factory=factory,
+        logger_factory=lambda *_: writer,
         cache_logger_on_first_use=True,
     )
 

@@ -194,27 +194,55 @@ def test_console_format_is_readable(coxp_proc, query_upstream):
         json.loads(line)
 
 
-def test_several_workers_write_whole_json_lines(coxp_proc, query_upstream):
-    """workers = 2 writing concurrently to one pipe: every line is still one JSON object, even
-    lines longer than PIPE_BUF (a long path), and there is exactly one event per request."""
+def test_several_workers_write_whole_json_lines(tmp_path, query_upstream):
+    """workers = 4 sharing one stdout pipe, read by a slow consumer so that the pipe fills up:
+    every line is still one JSON object, including lines longer than PIPE_BUF (a 7 KB path),
+    and there is exactly one `request` event per request."""
+    import subprocess
+    import threading
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
+    from e2e import PYTHON, WAIT
+
+    port = free_port()
     text = CONFIG.replace("{upstream}", query_upstream.url).replace("{closed}", "1").replace(
-        "[log]", "workers = 2\n[log]")
-    proxy = coxp_proc(text)
-    proxy.wait_event(lambda e: e.get("event") == "listening", start=1)  # the second worker
-    long_path = "/api/" + "x" * 6000
-    total = 60
+        "[log]", "workers = 4\n[log]").replace("read_timeout = 0.5", "read_timeout = 10.0").replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"')
+    (tmp_path / "coxp.toml").write_text(text)
+    process = subprocess.Popen([PYTHON, "-m", "proxy", "run", "-c", "coxp.toml"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    chunks: list[bytes] = []
+    listening = threading.Event()
 
-    def one(i: int) -> int:
-        return http_request(proxy.port, "GET", f"{long_path}?n={i}", [("Origin", ORIGIN)], host="127.0.0.1").status
+    def slow_reader() -> None:
+        while chunk := process.stdout.read1(700):
+            chunks.append(chunk)
+            if b"".join(chunks).count(b'"listening"') >= 4:
+                listening.set()
+            time.sleep(0.001)  # a slow consumer: the point of the test, not a wait for an event
+        listening.set()
 
-    with ThreadPoolExecutor(12) as pool:
-        assert set(pool.map(one, range(total))) == {200}
-    assert proxy.stop() == 0
-    for line in proxy.lines:
-        assert isinstance(json.loads(line), dict), line[:200]
-    requests = [e for e in proxy.events if e["event"] == "request"]
+    reader = threading.Thread(target=slow_reader, daemon=True)
+    reader.start()
+    try:
+        assert listening.wait(WAIT) and process.poll() is None
+        long_path = "/api/" + "x" * 7000
+        total = 160
+
+        def one(i: int) -> int:
+            return http_request(port, "GET", f"{long_path}?n={i}", [("Origin", ORIGIN)], host="127.0.0.1").status
+
+        with ThreadPoolExecutor(16) as pool:
+            assert set(pool.map(one, range(total))) == {200}
+    finally:
+        process.terminate()
+        assert process.wait(WAIT) == 0
+        reader.join(WAIT)
+    lines = b"".join(chunks).decode().splitlines()
+    events = []
+    for line in lines:
+        events.append(json.loads(line))  # raises on a line broken by another worker's write
+    requests = [e for e in events if e["event"] == "request"]
     assert len(requests) == total
     assert {e["path"] for e in requests} == {long_path}
-    assert len({e["pid"] for e in proxy.events if e["event"] == "listening"}) == 2
+    assert len({e["pid"] for e in events if e["event"] == "listening"}) == 4
