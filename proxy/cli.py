@@ -147,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, metavar="FILE")
     run.add_argument("--listen", metavar="HOST:PORT")
     run.add_argument("--upstream", metavar="URL")
-    run.add_argument("--log-format", choices=["json", "console"])
-    run.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
+    run.add_argument("--log-format", choices=["json", "console"], type=str.lower)
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"], type=str.lower)
     run.set_defaults(func=cmd_run)
 
     check = commands.add_parser("check", help="validate a config and summarise its routes")

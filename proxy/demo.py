@@ -117,7 +117,7 @@ coxp demo
 
 Open http://localhost:{origin_port}/ in a browser: the page calls the API through coxp from
 another origin; every decision is logged below. Then try, in another terminal:
-  coxp explain -c config/demo.toml -X OPTIONS -H 'Origin: http://localhost:3000' \\
+  coxp explain -c {path} -X OPTIONS -H 'Origin: http://localhost:3000' \\
       -H 'Access-Control-Request-Method: PUT' {proxy_url}/api/echo
 Stop with Ctrl-C.
 """,

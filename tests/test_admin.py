@@ -116,3 +116,29 @@ def test_config_follows_a_reload(admin, tmp_path):
 def test_unknown_admin_path_is_404(admin):
     _, get = admin
     assert get("/nope").status == 404
+
+
+def test_healthz_is_503_while_draining(admin, query_upstream):
+    """SIGTERM with a request in flight: the proxy drains, /healthz says so, the request completes."""
+    import threading
+    import time
+
+    from e2e import WAIT, unique
+
+    proxy, get = admin
+    marker = unique()
+    result = {}
+    slow = threading.Thread(target=lambda: result.update(r=proxy.request("GET", f"/api/slow?{marker}&sleep=1.5")))
+    slow.start()
+    deadline = time.monotonic() + WAIT
+    while not query_upstream.saw(marker):  # no event to await in the upstream's thread: poll, bounded
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proxy.signal(signal.SIGTERM)
+    while (health := get("/healthz")).status == 200:  # the signal is handled asynchronously
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert (health.status, health.body) == (503, b"stopping\n")
+    slow.join(WAIT)
+    assert result["r"].status == 200
+    assert proxy.proc.wait(WAIT) == 0

@@ -435,3 +435,10 @@ def test_run_log_level_flag_filters_events(tmp_path, coxp_proc):
     assert proxy.stop() == 0
     assert [e["event"] for e in proxy.events] == ["upstream_error"]
     assert proxy.events[0]["level"] == "warning"
+
+
+def test_run_flag_values_are_case_insensitive(tmp_path):
+    result = run_cli("run", "-c", write(tmp_path, "bad.toml", "[proxy]\nlisten = 1\n"), "--log-level", "INFO",
+                     "--log-format", "JSON", cwd=tmp_path)
+    assert result.returncode == 2  # got past argument parsing to the config error
+    assert result.stderr.startswith("bad.toml: proxy.listen: ")
