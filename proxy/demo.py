@@ -96,6 +96,7 @@ def _free_port() -> int:
 
 
 async def _run(port: int) -> int:
+    port = port or _free_port()  # --port 0: a free one, known before the page embeds the URL
     origin_port = _free_port()
     proxy_url = f"http://127.0.0.1:{port}"
     path = demo_config_path()

@@ -341,6 +341,19 @@ def test_demo_starts_prints_urls_and_serves_through_the_proxy(tmp_path):
         assert demo.stop() == 0
 
 
+def test_demo_port_0_picks_a_free_port_and_prints_it(tmp_path):
+    demo = Coxp(["-m", "proxy", "demo", "--port", "0"], cwd=tmp_path).start(ready=None)
+    try:
+        line = demo.wait_line(lambda l: "listening" in l)
+        port = int(re.search(r"listen=127\.0\.0\.1:(\d+)", line).group(1))
+        assert port != 0
+        assert any(f"coxp         http://127.0.0.1:{port}" in l for l in demo.lines)
+        hello = http_request(port, "GET", "/api/hello", host=f"127.0.0.1:{port}")
+        assert hello.status == 200
+    finally:
+        assert demo.stop() == 0
+
+
 def test_demo_config_ships_in_the_package_identical_to_config_dir():
     repo = Path(__file__).resolve().parents[1]
     assert (repo / "proxy" / "demo.toml").read_bytes() == (repo / "config" / "demo.toml").read_bytes()
