@@ -265,6 +265,11 @@ class Coxp:
         )
         return hit
 
+    def wait_for(self, condition, timeout: float = WAIT) -> bool:
+        """Wait until `condition()` (called with the log lock held) is true; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(condition, timeout)
+
     def mark(self) -> int:
         with self._cond:
             return len(self.events)

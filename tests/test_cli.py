@@ -455,3 +455,17 @@ def test_run_flag_values_are_case_insensitive(tmp_path):
                      "--log-format", "JSON", cwd=tmp_path)
     assert result.returncode == 2  # got past argument parsing to the config error
     assert result.stderr.startswith("bad.toml: proxy.listen: ")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "config").glob("*.toml")))
+def test_explain_runs_on_every_example_config(name):
+    path = str(Path(__file__).resolve().parents[1] / "config" / name)
+    preflight = run_cli("explain", "-c", path, "--json", "-X", "OPTIONS", "-H", "Origin: http://localhost:3000",
+                        "-H", "Access-Control-Request-Method: PUT", "http://localhost:8080/api/items")
+    assert preflight.returncode == 0, preflight.stderr
+    out = json.loads(preflight.stdout)
+    assert out["cors"] in ("preflight-allowed", "preflight-denied", "off")
+    if out["cors"] != "off" and out["answered_by_proxy"]:
+        assert out["status"] in (204, 403) and out["body"] is not None
+    readable = run_cli("explain", "-c", path, "-H", "Origin: http://localhost:3000", "http://localhost:8080/")
+    assert readable.returncode == 0 and readable.stdout.startswith("request:")

@@ -246,3 +246,20 @@ def test_several_workers_write_whole_json_lines(tmp_path, query_upstream):
     assert len(requests) == total
     assert {e["path"] for e in requests} == {long_path}
     assert len({e["pid"] for e in events if e["event"] == "listening"}) == 4
+
+
+def test_sighup_reaches_every_worker(coxp_proc, query_upstream):
+    """The parent takes SIGHUP and passes it on: each of the two workers logs config_reloaded."""
+    text = CONFIG.replace("{upstream}", query_upstream.url).replace("{closed}", "1").replace(
+        "[log]", "workers = 2\n[log]")
+    proxy = coxp_proc(text)
+    proxy.wait_event(lambda e: e.get("event") == "listening", start=1)  # the second worker is up
+    mark = proxy.mark()
+    proxy.signal(signal.SIGHUP)
+
+    def reloaded() -> int:
+        return sum(e.get("event") == "config_reloaded" for e in proxy.events[mark:])
+
+    assert proxy.wait_for(lambda: reloaded() >= 2), proxy.events[mark:]
+    assert proxy.stop() == 0
+    assert reloaded() == 2
