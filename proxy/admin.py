@@ -33,3 +33,9 @@ async def start_admin(server: "ProxyServer", listen: Endpoint) -> web.AppRunner:
     await runner.setup()
     await web.TCPSite(runner, listen.host, listen.port, reuse_address=True).start()
     return runner
+
+
+def bound_address(runner: web.AppRunner) -> str:
+    """The address the admin listener actually bound (`listen = "127.0.0.1:0"` picks a port)."""
+    host, port = runner.addresses[0][:2]
+    return str(Endpoint(host, port))

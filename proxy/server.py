@@ -193,11 +193,11 @@ async def serve(config: Config, config_path: str | None, overrides: dict | None,
     address = await server.start(sock)
     admin_runner = None
     if admin and config.admin is not None:
-        from proxy.admin import start_admin
+        from proxy.admin import bound_address, start_admin
 
         admin_runner = await start_admin(server, config.admin.listen)
     server.state.log.info("listening", listen=address, pid=os.getpid(), tls=bool(config.proxy.tls_cert),
-                          admin=str(config.admin.listen) if admin_runner else None)
+                          admin=bound_address(admin_runner) if admin_runner else None)
     await stop.wait()
     await server.shutdown()
     if admin_runner is not None:

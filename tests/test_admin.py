@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from e2e import coxp_proc, free_port, http_request, query_upstream  # noqa: F401  (fixtures)
+from e2e import coxp_proc, http_request, query_upstream  # noqa: F401  (fixtures)
 
 ORIGIN = "https://app.example.test"
 
@@ -30,9 +30,11 @@ allow_methods = ["PUT"]
 
 @pytest.fixture
 def admin(coxp_proc, query_upstream):
-    port = free_port()
-    proxy = coxp_proc(CONFIG.replace("{upstream}", query_upstream.url).replace("{admin}", str(port)))
-    assert proxy.events[0]["admin"] == f"127.0.0.1:{port}"
+    # port 0: the `listening` event reports the port the admin listener actually bound
+    proxy = coxp_proc(CONFIG.replace("{upstream}", query_upstream.url).replace("{admin}", "0"))
+    host, _, port = proxy.events[0]["admin"].rpartition(":")
+    port = int(port)
+    assert host == "127.0.0.1" and port not in (0, proxy.port)
 
     def get(path: str):
         return http_request(port, "GET", path, host=f"127.0.0.1:{port}")
