@@ -68,6 +68,19 @@ class LineWriter:
             view = view[written:]
 
 
+class _StreamWriter:
+    """The fallback when stdout has no file descriptor (an in-memory stream in a test)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def msg(self, message: Any) -> None:
+        self.stream.write((message.decode("utf-8", "replace") if isinstance(message, bytes) else message) + "\n")
+        self.stream.flush()
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = failure = msg
+
+
 _writer: LineWriter | None = None
 
 
@@ -91,8 +104,12 @@ def configure(log_format: str, level: str) -> None:
     else:
         processors = [*shared, structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())]
     sys.stdout.flush()  # anything printed before goes out before the first event
-    _writer = LineWriter(sys.stdout.fileno())
-    writer = _writer
+    try:
+        _writer = LineWriter(sys.stdout.fileno())
+        writer: Any = _writer
+    except (AttributeError, OSError, ValueError):  # stdout replaced by an in-memory stream
+        _writer = None
+        writer = _StreamWriter(sys.stdout)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level.lower()]),

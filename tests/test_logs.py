@@ -263,3 +263,14 @@ def test_sighup_reaches_every_worker(coxp_proc, query_upstream):
     assert proxy.wait_for(lambda: reloaded() >= 2), proxy.events[mark:]
     assert proxy.stop() == 0
     assert reloaded() == 2
+
+
+def test_log_to_a_stdout_without_file_descriptor(capsys):
+    """In-process use (stdout replaced by a memory stream): still one JSON line per event."""
+    from proxy import logs
+
+    logs.configure("json", "info")
+    logs.get_logger().info("request", path="/x")
+    logs.get_logger().debug("hidden")
+    (line,) = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["path"] == "/x"
