@@ -15,12 +15,17 @@ from proxy.model import Limits
 if TYPE_CHECKING:
     from proxy.server import ProxyServer
 
-READ_HIGH_WATER = 512 * 1024  # pause reading the socket beyond this many buffered bytes
+READ_HIGH_WATER = 256 * 1024  # pause reading the socket beyond this many buffered bytes
 READ_CHUNK = 256 * 1024  # largest body piece handed on at once
 
 
 class ClientGone(Exception):
     """The client closed or reset the connection."""
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class ClientConnection(asyncio.Protocol):
@@ -93,18 +98,23 @@ class ClientConnection(asyncio.Protocol):
         if self._data_waiter is not None and not self._data_waiter.done():
             self._data_waiter.set_result(None)
 
-    async def _receive(self) -> None:
-        """Wait until more bytes arrive; ClientGone when none ever will."""
+    async def _receive(self, deadline: float | None = None) -> None:
+        """Wait until more bytes arrive; ClientGone when none ever will, TimeoutError at `deadline`."""
         if self.lost or self.eof:
             raise ClientGone()
         if self._paused_reading:
             self._paused_reading = False
             self.transport.resume_reading()
-        self._data_waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = self._data_waiter = loop.create_future()
+        # One timer handle rather than an asyncio.timeout() context: this runs for every request.
+        timer = loop.call_at(deadline, _expire, waiter) if deadline is not None else None
         try:
-            await self._data_waiter
+            await waiter
         finally:
             self._data_waiter = None
+            if timer is not None:
+                timer.cancel()
         if self.lost or (self.eof and not self.buffer):
             raise ClientGone()
 
@@ -115,30 +125,26 @@ class ClientConnection(asyncio.Protocol):
         one `keepalive_timeout` runs until the first byte, then `header_timeout` for the head.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + limits.header_timeout
+        try:
+            self._skip_empty_lines()
+            if not self.buffer and not first:
+                await self._receive(loop.time() + limits.keepalive_timeout)
+            deadline = loop.time() + limits.header_timeout
+            while True:
+                self._skip_empty_lines()
+                end = head_end(self.buffer, limits) if self.buffer else -1
+                if end >= 0:
+                    head = bytes(self.buffer[:end])
+                    del self.buffer[:end]
+                    return parse_head(head, limits)
+                await self._receive(deadline)
+        except (TimeoutError, ClientGone):
+            return None
+
+    def _skip_empty_lines(self) -> None:
         # RFC 9112 §2.2: ignore empty lines before a request line.
         while self.buffer[:2] == b"\r\n":
             del self.buffer[:2]
-        if not self.buffer and not first:
-            try:
-                async with asyncio.timeout(limits.keepalive_timeout):
-                    await self._receive()
-            except (TimeoutError, ClientGone):
-                return None
-            deadline = loop.time() + limits.header_timeout
-        try:
-            async with asyncio.timeout_at(deadline):
-                while True:
-                    while self.buffer[:2] == b"\r\n":
-                        del self.buffer[:2]
-                    end = head_end(self.buffer, limits) if self.buffer else -1
-                    if end >= 0:
-                        head = bytes(self.buffer[:end])
-                        del self.buffer[:end]
-                        return parse_head(head, limits)
-                    await self._receive()
-        except (TimeoutError, ClientGone):
-            return None
 
     async def body(self, head: RequestHead, max_bytes: int, on_start: Callable[[], None]) -> AsyncIterator[bytes]:
         """Stream the request body; BadRequest(400/413) on bad framing or size mid-stream."""

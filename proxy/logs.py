@@ -119,4 +119,5 @@ def configure(log_format: str, level: str) -> None:
 
 
 def get_logger() -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger()
+    """A logger bound now (after `configure`): no lazy-proxy lookup on each event."""
+    return structlog.get_logger().bind()

@@ -18,10 +18,21 @@ class Metrics:
             "coxp_request_duration_seconds", "Time from request head to the end of the response", ["route"],
             registry=self.registry, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        # `labels()` validates and locks on every call; the label sets are few, so their
+        # children are looked up once and kept.
+        self._request_children: dict[tuple[str, str, int], object] = {}
+        self._duration_children: dict[str, object] = {}
 
     def observe(self, route: str, cors: str, status: int, duration_ms: float) -> None:
-        self._requests.labels(route, cors, str(status)).inc()
-        self._duration.labels(route).observe(duration_ms / 1000)
+        key = (route, cors, status)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self._request_children[key] = self._requests.labels(route, cors, str(status))
+        counter.inc()
+        histogram = self._duration_children.get(route)
+        if histogram is None:
+            histogram = self._duration_children[route] = self._duration.labels(route)
+        histogram.observe(duration_ms / 1000)
 
     def bad_request(self, status: int) -> None:
         self._bad_requests.labels(str(status)).inc()

@@ -15,7 +15,7 @@ from typing import AsyncIterator
 import httptools
 
 MAX_RESPONSE_HEAD = 64 * 1024  # a larger upstream response head is refused (502)
-HIGH_WATER = 1024 * 1024  # pause reading the upstream beyond this many unread body bytes
+HIGH_WATER = 256 * 1024  # pause reading the upstream beyond this many unread body bytes (per connection)
 MAX_IDLE_PER_ORIGIN = 512
 IDLE_SECONDS = 30.0  # kept below the common server keep-alive timeouts (nginx: 75 s)
 
