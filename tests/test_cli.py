@@ -469,3 +469,15 @@ def test_explain_runs_on_every_example_config(name):
         assert out["status"] in (204, 403) and out["body"] is not None
     readable = run_cli("explain", "-c", path, "-H", "Origin: http://localhost:3000", "http://localhost:8080/")
     assert readable.returncode == 0 and readable.stdout.startswith("request:")
+
+
+def test_explain_contacts_nothing(tmp_path, query_upstream):
+    from e2e import unique
+
+    marker = unique()
+    name = write(tmp_path, "live.toml", EXPLAIN.replace("http://127.0.0.1:3000", query_upstream.url))
+    for method in ("GET", "POST", "OPTIONS"):
+        result = run_cli("explain", "-c", name, "-X", method, "-H", f"Origin: {ORIGIN}",
+                         f"http://api.example.test/api/{marker}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert query_upstream.saw(marker) == []
