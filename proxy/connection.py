@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, AsyncIterator, Callable
 
+from proxy.aio import expire
 from proxy.http1 import BadRequest, ChunkedDecoder, RequestHead, head_end, parse_head
 from proxy.model import Limits
 
@@ -21,11 +22,6 @@ READ_CHUNK = 256 * 1024  # largest body piece handed on at once
 
 class ClientGone(Exception):
     """The client closed or reset the connection."""
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 class ClientConnection(asyncio.Protocol):
@@ -108,7 +104,7 @@ class ClientConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         waiter = self._data_waiter = loop.create_future()
         # One timer handle rather than an asyncio.timeout() context: this runs for every request.
-        timer = loop.call_at(deadline, _expire, waiter) if deadline is not None else None
+        timer = loop.call_at(deadline, expire, waiter) if deadline is not None else None
         try:
             await waiter
         finally:

@@ -152,10 +152,15 @@ async def forward(
         out = edited.headers
         status = response.status
         no_body = no_body_status(status, head.method)
+        # Most responses are whole by the time their head is here: one write, with a length.
+        whole = None if no_body else response.buffered_body()
         chunked = False
         if no_body:
             if status < 200 or status == 204:
                 out = [h for h in out if h[0].lower() != "content-length"]
+        elif whole is not None:
+            if response.content_length is None:
+                out.append(("Content-Length", str(len(whole))))
         elif response.content_length is None:
             if head.http_minor >= 1:
                 out.append(("Transfer-Encoding", "chunked"))
@@ -170,9 +175,12 @@ async def forward(
             out.append(("Connection", "close"))
         elif head.http_minor == 0:
             out.append(("Connection", "keep-alive"))
-        conn.write(serialize_head(status, out, response.reason))
         outcome = Outcome(status, status, edited.set_names, edited.removed_names)
-        if not no_body:
+        if whole is not None:
+            conn.write(serialize_head(status, out, response.reason) + whole)
+        else:
+            conn.write(serialize_head(status, out, response.reason))
+        if not no_body and whole is None:
             try:
                 await _relay_body(conn, response.chunks(), chunked)
             except UpstreamAborted as broken:

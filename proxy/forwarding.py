@@ -122,6 +122,10 @@ class UpstreamResponse:
         except (UpstreamProtocolError, TimeoutError) as broken:
             raise UpstreamAborted(str(broken) or "upstream-read-timeout") from broken
 
+    def buffered_body(self) -> bytes | None:
+        """The whole body when it has already arrived, else None (then stream `chunks()`)."""
+        return self._pooled.buffered_body()
+
     def release(self) -> None:
         self._pooled.release()
 

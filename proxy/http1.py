@@ -93,9 +93,10 @@ def head_end(buffer: bytearray | bytes, limits: Limits) -> int:
 
 def parse_head(head: bytes, limits: Limits) -> RequestHead:
     """Parse a complete request head (request line up to and including the blank line)."""
-    lines = head[:-4].split(b"\r\n")
-    if any(b"\n" in line or b"\r" in line for line in lines):
+    line_ends = head.count(b"\r\n")
+    if head.count(b"\r") != line_ends or head.count(b"\n") != line_ends:
         raise BadRequest(400, "bare-cr-or-lf")
+    lines = head[:-4].split(b"\r\n")
     if len(lines) - 1 > limits.max_headers:
         raise BadRequest(431, "too-many-headers")
     method, target, minor = _parse_request_line(lines[0])

@@ -14,6 +14,8 @@ from typing import AsyncIterator
 
 import httptools
 
+from proxy.aio import expire
+
 MAX_RESPONSE_HEAD = 64 * 1024  # a larger upstream response head is refused (502)
 HIGH_WATER = 256 * 1024  # pause reading the upstream beyond this many unread body bytes (per connection)
 MAX_IDLE_PER_ORIGIN = 512
@@ -189,6 +191,14 @@ class UpstreamConnection(asyncio.Protocol):
             finally:
                 self._body_waiter = None
 
+    def take_whole_body(self) -> bytes | None:
+        if not self.complete or self.error is not None:
+            return None
+        body = b"".join(self._body)
+        self._body.clear()
+        self._buffered = 0
+        return body
+
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.closed and self.error is None
 
@@ -273,6 +283,9 @@ class PooledResponse:
     def chunks(self) -> AsyncIterator[bytes]:
         return self._conn.body(self._read_timeout)
 
+    def buffered_body(self) -> bytes | None:
+        return self._conn.take_whole_body()
+
     def release(self) -> None:
         """The body was read to its end: the connection may serve another request."""
         if self._done:
@@ -345,14 +358,16 @@ class Http1Client:
         if body is not None:
             writer = asyncio.ensure_future(_send_body(conn, body, chunked))
             writer.add_done_callback(_retrieve)
+        timer = asyncio.get_running_loop().call_later(self.read_timeout, expire, head_received)
         try:
-            async with asyncio.timeout(self.read_timeout):
-                await head_received
+            await head_received
         except BaseException:
             conn.transport.abort()
             if writer is not None:
                 writer.cancel()
             raise
+        finally:
+            timer.cancel()
         if writer is not None and writer.done() and writer.exception() is not None:
             conn.transport.abort()
             raise writer.exception()
