@@ -19,6 +19,11 @@ _TARGET = re.compile(rb"[\x21-\x7e]+")
 _VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
 # Field values: VCHAR, obs-text, SP and HTAB; any other control character is refused (RFC 9110 §5.5).
 _BAD_VALUE_CHAR = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# A block of well-formed field lines, each `token ":" OWS value OWS CRLF`; values may hold
+# VCHAR, obs-text, SP and HTAB (the control characters are checked by _BAD_BLOCK_CHAR).
+_FIELD_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*\r\n)*")
+_BAD_BLOCK_CHAR = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_FIELD_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\r\n]*?)[ \t]*\r\n")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(;[^\r\n]*)?")
 
 # RFC 9110 §7.6.1 plus the legacy names proxies must not forward either.
@@ -96,11 +101,11 @@ def parse_head(head: bytes, limits: Limits) -> RequestHead:
     line_ends = head.count(b"\r\n")
     if head.count(b"\r") != line_ends or head.count(b"\n") != line_ends:
         raise BadRequest(400, "bare-cr-or-lf")
-    lines = head[:-4].split(b"\r\n")
-    if len(lines) - 1 > limits.max_headers:
+    if line_ends - 2 > limits.max_headers:
         raise BadRequest(431, "too-many-headers")
-    method, target, minor = _parse_request_line(lines[0])
-    headers = [_parse_field_line(line) for line in lines[1:]]
+    request_line_end = head.index(b"\r\n")
+    method, target, minor = _parse_request_line(head[:request_line_end])
+    headers = _parse_field_block(head[request_line_end + 2 : -2])
 
     host_values: list[str] = []
     length_values: list[str] = []
@@ -176,6 +181,15 @@ def _parse_request_line(line: bytes) -> tuple[str, str, int]:
     if not (target.startswith(b"/") or (target == b"*" and method == b"OPTIONS")):
         raise BadRequest(400, "request-target-not-origin-form")
     return method.decode("ascii"), target.decode("ascii"), int(match.group(2))
+
+
+def _parse_field_block(block: bytes) -> list[tuple[str, str]]:
+    """All field lines at once: one regex pass in C for the usual, well-formed head; the
+    line-by-line parser only runs to name what is wrong with a malformed one."""
+    if not _FIELD_BLOCK.fullmatch(block) or _BAD_BLOCK_CHAR.search(block):
+        for line in block[:-2].split(b"\r\n"):
+            _parse_field_line(line)
+    return _FIELD_LINE.findall(block.decode("latin-1"))
 
 
 def _parse_field_line(line: bytes) -> tuple[str, str]:

@@ -4,7 +4,7 @@ Every event is written to stdout as one whole line with a single `write(2)` wher
 `workers = N` several processes share that stdout, usually a pipe: POSIX makes a pipe write
 atomic only up to `PIPE_BUF` (4096 bytes on Linux), and a longer line (a long path, a long
 `errors` list) written while the pipe is full is split into pieces that other workers' lines
-can land between. So once the process has forked, each line is written under a POSIX record
+can land between. So once the process has forked, each longer line is written under a POSIX record
 lock on a file shared by the parent and its workers (record locks belong to a process, so
 inherited descriptors still exclude each other); before any fork there is one writer and no lock.
 """
@@ -16,6 +16,7 @@ import os
 import select
 import sys
 import tempfile
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -24,9 +25,15 @@ import structlog
 LEVELS = {name: getattr(logging, name.upper()) for name in ("debug", "info", "warning", "error", "critical")}
 
 
-def _orjson_dumps(event: dict, **_: object) -> bytes:
-    # default=str keeps a stray non-JSON value (an exception, a Path) from losing the whole line.
-    return orjson.dumps(event, default=str)
+def render_json(_logger: object, method_name: str, event: dict) -> bytes:
+    """Level, timestamp and JSON in one processor: this runs for every request.
+
+    orjson formats the datetime itself (ISO 8601, `Z` for UTC); default=str keeps a stray
+    non-JSON value (an exception, a Path) from losing the whole line.
+    """
+    event["level"] = method_name
+    event["timestamp"] = datetime.now(timezone.utc)
+    return orjson.dumps(event, default=str, option=orjson.OPT_UTC_Z)
 
 
 class LineWriter:
@@ -44,7 +51,8 @@ class LineWriter:
 
     def msg(self, message: Any) -> None:
         line = (message.encode("utf-8", "replace") if isinstance(message, str) else message) + b"\n"
-        if not self.shared or self._lock_file is None:
+        # A write of at most PIPE_BUF bytes to a pipe is atomic (POSIX): no lock needed.
+        if not self.shared or self._lock_file is None or len(line) <= select.PIPE_BUF:
             self._write_all(line)
             return
         fcntl.lockf(self._lock_file, fcntl.LOCK_EX)
@@ -95,14 +103,14 @@ os.register_at_fork(after_in_parent=_mark_shared, after_in_child=_mark_shared)
 def configure(log_format: str, level: str) -> None:
     """Route every event to stdout, one whole line per event (JSON) or a readable console line."""
     global _writer
-    shared = [
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
     if log_format == "json":
-        processors = [*shared, structlog.processors.JSONRenderer(serializer=_orjson_dumps)]
+        processors: list[Any] = [render_json]
     else:
-        processors = [*shared, structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())]
+        processors = [
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()),
+        ]
     sys.stdout.flush()  # anything printed before goes out before the first event
     try:
         _writer = LineWriter(sys.stdout.fileno())
