@@ -77,29 +77,25 @@ async def _respond(
     """Answer from the proxy or forward: the outcome, and whether the connection may stay open."""
     config = state.config
     keep_alive = head.keep_alive and not state.stopping()
+    # A proxy-made answer leaves the request body unread, and unread bytes would be parsed
+    # as the next request: such a connection ends with the answer.
+    reusable = keep_alive and not head.has_body
 
     if not state.admit():
-        outcome = answer(conn, decision, 503, "overloaded: too many requests in flight", False, [("Retry-After", "1")])
-        keep_alive = False
-    elif decision.answer is not None:
-        outcome = answer(conn, decision, decision.answer.status, decision.answer.body, keep_alive and not head.has_body)
-        keep_alive = keep_alive and not head.has_body
-    elif head.target == "*":
+        return answer(conn, decision, 503, "overloaded: too many requests in flight", False, [("Retry-After", "1")]), False
+    if decision.answer is not None:
+        return answer(conn, decision, decision.answer.status, decision.answer.body, reusable), reusable
+    if head.target == "*":
         # `OPTIONS *` asks about the server as a whole; it has no resource to forward to.
-        outcome = answer(conn, decision, 204, "", keep_alive and not head.has_body, [("Allow", "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH")])
-        keep_alive = keep_alive and not head.has_body
-    elif (upstream := route.upstream or config.proxy.upstream) is None:
-        outcome = answer(conn, decision, 404, "not-found: no route matches and no upstream is configured", False)
-        keep_alive = False
-    elif config.limits.max_body_bytes and (head.content_length or 0) > config.limits.max_body_bytes:
-        outcome = answer(conn, decision, 413, "body-too-large", False)
-        keep_alive = False
-    elif head.websocket:
-        outcome = await open_tunnel(state, conn, head, upstream, decision, scheme)
-        keep_alive = False
-    else:
-        outcome, keep_alive = await forward(state, conn, head, upstream, decision, scheme, trusted, keep_alive)
-    return outcome, keep_alive
+        return answer(conn, decision, 204, "", reusable, [("Allow", "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH")]), reusable
+    upstream = route.upstream or config.proxy.upstream
+    if upstream is None:
+        return answer(conn, decision, 404, "not-found: no route matches and no upstream is configured", False), False
+    if config.limits.max_body_bytes and (head.content_length or 0) > config.limits.max_body_bytes:
+        return answer(conn, decision, 413, "body-too-large", False), False
+    if head.websocket:
+        return await open_tunnel(state, conn, head, upstream, decision, scheme), False
+    return await forward(state, conn, head, upstream, decision, scheme, trusted, keep_alive)
 
 
 def answer(

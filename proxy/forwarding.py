@@ -164,10 +164,8 @@ class UpstreamClient:
         self._http.close()
 
 
-def response_headers(decoded: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Upstream response headers minus hop-by-hop ones (and those its Connection names)."""
-    dropped = set(HOP_BY_HOP)
-    for name, value in decoded:
-        if name.lower() == "connection":
-            dropped.update(token.strip().lower() for token in value.split(","))
-    return [(name, value) for name, value in decoded if name.lower() not in dropped]
+    named = [value for name, value in headers if name.lower() == "connection"]
+    dropped = HOP_BY_HOP.union(*({t.strip().lower() for t in v.split(",")} for v in named)) if named else HOP_BY_HOP
+    return [(name, value) for name, value in headers if name.lower() not in dropped]

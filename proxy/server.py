@@ -127,6 +127,9 @@ class ProxyServer:
     def reload(self) -> bool:
         """SIGHUP: load the file again; an invalid config is logged and the old one keeps serving."""
         log = self.state.log
+        if self.config_path is None:  # `coxp dev`: the config comes from the command line
+            log.warning("config_reload_skipped", reason="no config file to reload")
+            return False
         try:
             config = load_config(self.config_path, self.overrides)
         except ConfigError as error:
@@ -188,8 +191,7 @@ async def serve(config: Config, config_path: str | None, overrides: dict | None,
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    if config_path is not None:
-        loop.add_signal_handler(signal.SIGHUP, server.reload)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     address = await server.start(sock)
     admin_runner = None
     if admin and config.admin is not None:

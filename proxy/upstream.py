@@ -44,10 +44,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
+        self._parser: httptools.HttpResponseParser | None = None
+        self.ignore_body = False
         self._reset()
 
     def _reset(self) -> None:
-        self._parser = httptools.HttpResponseParser(self)
+        """Fresh per-exchange state; llhttp itself is ready for the next response once one ends,
+        except after a HEAD, whose announced body it would still wait for."""
+        if self._parser is None or self.ignore_body:
+            self._parser = httptools.HttpResponseParser(self)
         self.head_future: asyncio.Future[None] | None = None
         self.status = 0
         self.headers: list[tuple[str, str]] = []

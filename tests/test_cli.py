@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -267,6 +268,20 @@ def test_dev_allow_origin_and_listen_are_respected(tmp_path):
     data = tomllib.loads(result.stdout)
     assert data["routes"][0]["cors"]["allow_origins"] == [ORIGIN, "http://localhost:5173"]
     assert data["proxy"]["listen"] == "127.0.0.1:9999"
+
+
+def test_dev_survives_sighup_it_has_no_file_to_reload(tmp_path, query_upstream):
+    port = free_port()
+    dev = Coxp(["-m", "proxy", "dev", "--upstream", query_upstream.url, "--listen", f"127.0.0.1:{port}"],
+               cwd=tmp_path).start(ready=None)
+    try:
+        dev.wait_line(lambda line: "listening" in line)
+        dev.proc.send_signal(signal.SIGHUP)
+        dev.wait_line(lambda line: "config_reload_skipped" in line)
+        response = http_request(port, "GET", "/items", [("Origin", "http://localhost:5173")], host=f"127.0.0.1:{port}")
+        assert response.status == 200
+    finally:
+        assert dev.stop() == 0
 
 
 def test_dev_bad_origin_is_a_config_error():
