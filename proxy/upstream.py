@@ -17,7 +17,7 @@ import httptools
 from proxy.aio import expire
 
 MAX_RESPONSE_HEAD = 64 * 1024  # a larger upstream response head is refused (502)
-HIGH_WATER = 256 * 1024  # pause reading the upstream beyond this many unread body bytes (per connection)
+HIGH_WATER = 64 * 1024  # pause reading the upstream beyond this many unread body bytes (per connection)
 MAX_IDLE_PER_ORIGIN = 512
 IDLE_SECONDS = 30.0  # kept below the common server keep-alive timeouts (nginx: 75 s)
 
