@@ -213,7 +213,7 @@ class ClientConnection(asyncio.Protocol):
                 try:
                     head = await self.read_head(state.config.limits, first)
                 except BadRequest as refused:
-                    await self.server.refuse(self, refused)
+                    self.server.refuse(self, refused)
                     break
                 if head is None:
                     break

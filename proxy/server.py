@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import ssl
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -60,7 +59,7 @@ class ServingState:
 
 
 class ProxyServer:
-    def __init__(self, config: Config, config_path: str | None, overrides: dict | None, reload_logging: bool = True):
+    def __init__(self, config: Config, config_path: str | None, overrides: dict | None):
         self.config_path = config_path
         self.overrides = overrides
         self.connections: set[ClientConnection] = set()
@@ -99,7 +98,7 @@ class ProxyServer:
         if self.in_flight == 0:
             self._idle.set()
 
-    async def refuse(self, conn: ClientConnection, refused: BadRequest) -> None:
+    def refuse(self, conn: ClientConnection, refused: BadRequest) -> None:
         """Requests rejected before routing: a short answer, the connection closed, a log line."""
         body = text_body(f"{refused.status} {refused.reason}")
         headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))), ("Connection", "close")]
@@ -139,6 +138,8 @@ class ProxyServer:
             log.error("config_error", errors=[f"{self.config_path}: {error}"])
             return False
         old = self.state
+        if config.log != old.config.log:
+            logs.configure(config.log.format, config.log.level)
         self.state = self._build_state(config, old.client)
         if self.state.client is not old.client:
             asyncio.get_running_loop().create_task(_close_later(old.client))
@@ -215,9 +216,3 @@ def run(config: Config, config_path: str | None, overrides: dict | None) -> int:
 
         return run_workers(config, config_path, overrides)
     return asyncio.run(serve(config, config_path, overrides))
-
-
-def exit_on_config_error(error: ConfigError) -> int:
-    for line in error.lines():
-        print(line, file=sys.stderr)
-    return 2

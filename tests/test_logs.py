@@ -151,6 +151,29 @@ def test_sighup_reloads_a_valid_config(proxy, tmp_path):
     assert response.header("Access-Control-Allow-Origin") == "https://other.example.test"
 
 
+def test_sighup_applies_a_new_log_level(proxy, tmp_path):
+    path = tmp_path / "coxp.toml"
+    path.write_text(path.read_text().replace('format = "json"', 'format = "json"\nlevel = "warning"'))
+    proxy.signal(signal.SIGHUP)
+    # `config_reloaded` is itself an info event, so the reload shows in what follows: a failing
+    # request still logs its `upstream_error` warning, but no longer its info `request` event.
+    # Lines are written in order, so the second warning comes after the first request's event.
+    for _ in range(20):
+        mark = proxy.mark()
+        for _ in range(2):
+            assert http_request(proxy.port, "GET", "/dead/x", [], host=f"127.0.0.1:{proxy.port}").status == 502
+
+        def warnings() -> list[int]:
+            return [i for i, e in enumerate(proxy.events[mark:]) if e.get("event") == "upstream_error"]
+
+        assert proxy.wait_for(lambda: len(warnings()) == 2)
+        events = [e["event"] for e in proxy.events[mark : mark + warnings()[1] + 1]]
+        if events == ["upstream_error", "upstream_error"]:
+            break
+    else:
+        pytest.fail(f"request events still logged after the reload: {events}")
+
+
 def test_sighup_with_an_invalid_config_logs_errors_and_keeps_serving(proxy, tmp_path):
     path = tmp_path / "coxp.toml"
     path.write_text(path.read_text().replace('allow_methods = ["PUT"]', 'allow_methods = ["TRACE"]\nmax_age = -5'))
