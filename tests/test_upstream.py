@@ -1,0 +1,165 @@
+"""The pooled upstream client against raw loopback servers that answer with exact bytes."""
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import pytest
+
+from proxy.upstream import MAX_RESPONSE_HEAD, Http1Client, UpstreamProtocolError
+
+HOST = [("Host", "upstream.test")]
+
+
+def run(scenario):
+    """Start a raw server whose `handler(reader, writer, connection_index)` answers; run `scenario(client, key, seen)`."""
+
+    async def main(handler, check):
+        seen: list[int] = []
+
+        async def accept(reader, writer):
+            seen.append(len(seen))
+            try:
+                await handler(reader, writer, seen[-1])
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        client = Http1Client(ssl.create_default_context(), connect_timeout=2, read_timeout=2)
+        try:
+            async with asyncio.timeout(10):
+                await check(client, ("http", "127.0.0.1", server.sockets[0].getsockname()[1]), seen)
+        finally:
+            client.close()
+            server.close()
+
+    return lambda handler: asyncio.run(main(handler, scenario))
+
+
+async def read_request(reader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+async def body_of(response) -> bytes:
+    data = b"".join([piece async for piece in response.chunks()])
+    response.release()
+    return data
+
+
+def test_keep_alive_connections_are_reused():
+    async def handler(reader, writer, _):
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    async def scenario(client, key, seen):
+        for _ in range(3):
+            assert await body_of(await client.send(key, "GET", "/", HOST, None)) == b"ok"
+        assert len(seen) == 1
+
+    run(scenario)(handler)
+
+
+def test_a_pooled_connection_the_upstream_closed_is_replaced_without_an_error():
+    async def handler(reader, writer, _):
+        await read_request(reader)
+        # Announces keep-alive, then closes while the connection sits in the pool.
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async def scenario(client, key, seen):
+        assert await body_of(await client.send(key, "GET", "/", HOST, None)) == b"ok"
+        await asyncio.sleep(0.1)  # the close reaches the pooled connection
+        assert await body_of(await client.send(key, "GET", "/", HOST, None)) == b"ok"
+        assert len(seen) == 2
+
+    run(scenario)(handler)
+
+
+def test_head_response_ends_at_its_head_and_the_connection_stays_usable():
+    async def handler(reader, writer, _):
+        assert (await read_request(reader)).startswith(b"HEAD ")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        assert (await read_request(reader)).startswith(b"GET ")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nget")
+        await writer.drain()
+
+    async def scenario(client, key, seen):
+        head = await client.send(key, "HEAD", "/", HOST, None)
+        assert (head.status, head.content_length) == (200, 1000)
+        assert await body_of(head) == b""
+        assert await body_of(await client.send(key, "GET", "/", HOST, None)) == b"get"
+        assert len(seen) == 1
+
+    run(scenario)(handler)
+
+
+def test_a_body_delimited_by_closing_is_read_to_the_end():
+    async def handler(reader, writer, _):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 100_000)
+        await writer.drain()
+
+    async def scenario(client, key, seen):
+        response = await client.send(key, "GET", "/", HOST, None)
+        assert response.content_length is None
+        assert await body_of(response) == b"x" * 100_000
+
+    run(scenario)(handler)
+
+
+def test_interim_responses_are_skipped():
+    async def handler(reader, writer, _):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                     b"HTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\n!")
+        await writer.drain()
+
+    async def scenario(client, key, seen):
+        response = await client.send(key, "GET", "/", HOST, None)
+        assert response.status == 201
+        assert [name for name, _ in response.headers] == ["Content-Length"]
+        assert await body_of(response) == b"!"
+
+    run(scenario)(handler)
+
+
+@pytest.mark.parametrize("lines", [1, 2000], ids=["one-long-line", "many-lines"])
+def test_a_response_head_over_64_kib_is_refused(lines):
+    async def handler(reader, writer, _):
+        await read_request(reader)
+        size = MAX_RESPONSE_HEAD // lines + 1
+        fields = b"".join(b"X-%d: %s\r\n" % (i, b"a" * size) for i in range(lines))
+        writer.write(b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    async def scenario(client, key, seen):
+        with pytest.raises(UpstreamProtocolError) as refused:
+            await client.send(key, "GET", "/", HOST, None)
+        assert refused.value.reason == "upstream-head-too-large"
+
+    run(scenario)(handler)
+
+
+def test_a_chunked_request_body_is_framed_for_the_upstream():
+    async def handler(reader, writer, _):
+        head = await read_request(reader)
+        assert b"\r\nTransfer-Encoding: chunked\r\n" in head
+        body = await reader.readuntil(b"0\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+
+    async def pieces():
+        yield b"hello "
+        yield b""
+        yield b"world"
+
+    async def scenario(client, key, seen):
+        response = await client.send(key, "POST", "/", HOST, pieces())
+        assert await body_of(response) == b"6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"
+
+    run(scenario)(handler)
