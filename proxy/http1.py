@@ -19,10 +19,14 @@ _TARGET = re.compile(rb"[\x21-\x7e]+")
 _VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
 # Field values: VCHAR, obs-text, SP and HTAB; any other control character is refused (RFC 9110 §5.5).
 _BAD_VALUE_CHAR = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-# A block of well-formed field lines, each `token ":" OWS value OWS CRLF`; values may hold
-# VCHAR, obs-text, SP and HTAB (the control characters are checked by _BAD_BLOCK_CHAR).
-_FIELD_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*\r\n)*")
-_BAD_BLOCK_CHAR = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# The fast path, over the head decoded once as latin-1: the usual request line (a token method,
+# an origin-form target of visible ASCII without `#`, HTTP/1.0 or 1.1) in one match, and a
+# block of well-formed field lines, each `token ":" OWS value OWS CRLF`, whose values hold
+# VCHAR, obs-text, SP and HTAB (other control characters are caught by _BAD_BLOCK_CHAR).
+# Anything else goes to the line-by-line parser, which names the fault.
+_REQUEST_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (/[\x21\x22\x24-\x7e]*) HTTP/1\.([01])")
+_FIELD_BLOCK = re.compile(r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*\r\n)*")
+_BAD_BLOCK_CHAR = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _FIELD_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\r\n]*?)[ \t]*\r\n")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(;[^\r\n]*)?")
 
@@ -103,9 +107,19 @@ def parse_head(head: bytes, limits: Limits) -> RequestHead:
         raise BadRequest(400, "bare-cr-or-lf")
     if line_ends - 2 > limits.max_headers:
         raise BadRequest(431, "too-many-headers")
-    request_line_end = head.index(b"\r\n")
-    method, target, minor = _parse_request_line(head[:request_line_end])
-    headers = _parse_field_block(head[request_line_end + 2 : -2])
+    text = head.decode("latin-1")
+    request_line_end = text.index("\r\n")
+    usual = _REQUEST_LINE.fullmatch(text, 0, request_line_end)
+    if usual is not None:
+        method, target, minor = usual.group(1), usual.group(2), int(usual.group(3))
+    else:
+        method, target, minor = _parse_request_line(head[:request_line_end])
+    fields_start, fields_end = request_line_end + 2, len(text) - 2
+    if not _FIELD_BLOCK.fullmatch(text, fields_start, fields_end) or _BAD_BLOCK_CHAR.search(text, fields_start, fields_end):
+        for line in head[fields_start : fields_end - 2].split(b"\r\n"):
+            _parse_field_line(line)  # raises, naming what is wrong
+        raise BadRequest(400, "malformed-header-field")
+    headers = _FIELD_LINE.findall(text, fields_start, fields_end)
 
     host_values: list[str] = []
     length_values: list[str] = []
@@ -181,15 +195,6 @@ def _parse_request_line(line: bytes) -> tuple[str, str, int]:
     if not (target.startswith(b"/") or (target == b"*" and method == b"OPTIONS")):
         raise BadRequest(400, "request-target-not-origin-form")
     return method.decode("ascii"), target.decode("ascii"), int(match.group(2))
-
-
-def _parse_field_block(block: bytes) -> list[tuple[str, str]]:
-    """All field lines at once: one regex pass in C for the usual, well-formed head; the
-    line-by-line parser only runs to name what is wrong with a malformed one."""
-    if not _FIELD_BLOCK.fullmatch(block) or _BAD_BLOCK_CHAR.search(block):
-        for line in block[:-2].split(b"\r\n"):
-            _parse_field_line(line)
-    return _FIELD_LINE.findall(block.decode("latin-1"))
 
 
 def _parse_field_line(line: bytes) -> tuple[str, str]:
