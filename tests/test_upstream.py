@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -33,7 +34,12 @@ def run(scenario):
             client.close()
             server.close()
 
-    return lambda handler: asyncio.run(main(handler, scenario))
+    # Its own thread and loop: the browser suite's Playwright keeps a loop running in this one.
+    def in_thread(handler) -> None:
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, main(handler, scenario)).result()
+
+    return in_thread
 
 
 async def read_request(reader) -> bytes:
