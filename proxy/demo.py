@@ -30,6 +30,10 @@ the origin itself sends no CORS headers at all.</p>
 <button id="put">PUT /api/echo (preflighted)</button>
 <button id="creds">GET /api/whoami with credentials</button>
 <pre id="out">results appear here</pre>
+<p>The third button sends cookies (<code>credentials: "include"</code>). The <code>api</code> route
+allows the page's origin but not credentials (<code>allow_credentials</code> is off), so coxp sends
+no <code>Access-Control-Allow-Credentials</code> and the browser hides the response: CORS decides
+what a page may <em>read</em>; the request itself still reached the origin.</p>
 <p><a href="PROXY/isolated/">Open the cross-origin isolated page through coxp</a> (COOP + COEP),
 or <a href="/isolated/">the same page straight from the origin</a> (not isolated).</p>
 <script>
