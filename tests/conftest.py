@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import Coxp, Loop, RawUpstream, Upstream, config_text, fresh_log, start_coxp
+from harness import Coxp, CoxpPool, Loop, RawUpstream, Upstream, answer_as_query_asks, config_text, fresh_log, start_coxp
 
 
 @pytest.fixture(scope="session")
@@ -27,20 +27,25 @@ def upstream(shared_upstream):
     return shared_upstream
 
 
-def _coxp_factory(directory):
-    started: list[Coxp] = []
-
-    def start(text: str, name: str = "coxp.toml") -> Coxp:
-        started.append(start_coxp(directory, text, name))
-        return started[-1]
-
-    return start, started
+@pytest.fixture(scope="session")
+def query_upstream(loop):
+    """The recording upstream that answers as each request's query asks (`answer_as_query_asks`),
+    shared by the whole session: tests find their requests with `saw(unique())`."""
+    server = Upstream(loop, handler=answer_as_query_asks)
+    yield server
+    server.close()
 
 
 @pytest.fixture
 def coxp(tmp_path):
-    """Factory: `coxp(text)` starts coxp with that config (see `config_text`), SIGTERMs it after."""
-    start, started = _coxp_factory(tmp_path)
+    """Factory: `coxp(text, *args)` writes `text` to `coxp.toml` (see `config_text`), runs
+    `coxp run -c coxp.toml ARGS`, waits for `ready` (None: for nothing); SIGTERMs it after."""
+    started: list[Coxp] = []
+
+    def start(text: str, *args: str, name: str = "coxp.toml", ready: str | None = "listening") -> Coxp:
+        started.append(start_coxp(tmp_path, text, *args, name=name, ready=ready))
+        return started[-1]
+
     yield start
     for process in started:
         process.stop()
@@ -48,10 +53,9 @@ def coxp(tmp_path):
 
 @pytest.fixture(scope="session")
 def shared_proxy(tmp_path_factory, shared_upstream):
-    start, started = _coxp_factory(tmp_path_factory.mktemp("shared-coxp"))
-    yield start(config_text(shared_upstream.url))
-    for process in started:
-        process.stop()
+    process = start_coxp(tmp_path_factory.mktemp("shared-coxp"), config_text(shared_upstream.url))
+    yield process
+    process.stop()
 
 
 @pytest.fixture
@@ -59,6 +63,13 @@ def proxy(shared_proxy, upstream):
     """coxp with the default settings in front of `upstream`."""
     yield from fresh_log(shared_proxy, upstream)
 
+
+@pytest.fixture(scope="session")
+def coxp_pool(query_upstream, tmp_path_factory):
+    """One running coxp per distinct config text, in front of `query_upstream`, for the session."""
+    pool = CoxpPool(tmp_path_factory.mktemp("coxp-pool"), query_upstream)
+    yield pool
+    pool.close()
 
 
 @pytest.fixture

@@ -1,17 +1,28 @@
 """Helpers of the end-to-end tests: real sockets on loopback, coxp as a subprocess.
 
-* `Loop`     -- one asyncio loop in a background thread; every in-process upstream runs on it,
-                so test bodies stay plain synchronous code talking through blocking sockets.
-* `Upstream` -- an aiohttp server that records the head of every request it receives (raw path,
-                raw header lines, the client port of the connection) and answers with
-                `upstream.handler` (replaceable per test; the default reads the body and answers
-                `200 ok`).
-* `Coxp`     -- a running `python -m proxy run -c FILE` with the JSON lines it printed.
-* `Reader`, `request_bytes`, `exchange`, `get` -- send exact bytes, parse the exact response.
+One module for all of them (the fixtures built on these are in `conftest.py`). Nothing here
+sleeps to wait for something: every wait is on an event (a log line, a condition, a process
+exit) with a bound.
+
+* `Loop`        -- one asyncio loop in a background thread; every in-process upstream runs on it,
+                   so test bodies stay plain synchronous code talking through blocking sockets.
+* `Upstream`    -- an aiohttp server that records the head of every request it receives (raw
+                   path, raw header lines, the client port of the connection) as a `Seen`, and
+                   answers with `upstream.handler` (replaceable per test). Two ready behaviours:
+                   `read_and_answer_ok` (the default) and `answer_as_query_asks`, driven by the
+                   request's query so that one shared proxy serves a whole table of cases.
+* `RawUpstream` -- a TCP server answering with exact bytes, for what aiohttp would never send.
+* `Coxp`        -- a running `python -m proxy ARGS` (run, dev, demo) with the stdout lines it
+                   printed and the JSON ones among them as `events`; waits for lines and events,
+                   signals, stops. `start_coxp` writes a config and `coxp run -c`s it.
+* `Reader`, `request_bytes`, `exchange`, `get`, `http_request` -- send exact bytes, parse the
+                   exact response (`Response`); `websocket_handshake`/`websocket_echo`.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
+import itertools
 import json
 import os
 import signal
@@ -19,15 +30,61 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else sys.executable
+WAIT = 10.0  # seconds: the bound of every wait in the end-to-end tests
+
+# Headers about the transport, not the policy: left out of the "exact header set" comparisons.
+TRANSPORT = frozenset({"date", "server", "connection", "keep-alive", "transfer-encoding", "content-length",
+                       "content-type"})
+
+_ids = itertools.count(1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def unique() -> str:
+    """A marker for one request (put in its query), to find it at the upstream."""
+    return f"id={next(_ids)}-{os.getpid()}"
+
+
+def policy_view(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The headers that are not about the transport, names lower-cased, in a canonical order
+    (repeated names keep their relative order)."""
+    kept = [(n.lower(), v) for n, v in headers if n.lower() not in TRANSPORT]
+    return sorted(kept, key=lambda h: h[0])
+
+
+def norm(expected) -> list[tuple[str, str]]:
+    """Expected headers given as a dict or pairs, in `policy_view`'s form."""
+    pairs = expected.items() if isinstance(expected, dict) else expected
+    return sorted(((n.lower(), v) for n, v in pairs), key=lambda h: h[0])
+
+
+class HeaderLines:
+    """Raw header lines (order and case kept) looked up by name, case-insensitively."""
+
+    headers: list[tuple[str, str]]
+
+    def values(self, name: str) -> list[str]:
+        return [v for n, v in self.headers if n.lower() == name.lower()]
+
+    def value(self, name: str) -> str | None:
+        found = self.values(name)
+        assert len(found) <= 1, f"{name} sent {len(found)} times: {found}"
+        return found[0] if found else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -51,19 +108,13 @@ class Loop:
         self.thread.join(5)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # --------------------------------------------------------------------------------------------
 # the recording upstream
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass
-class Seen:
+class Seen(HeaderLines):
     """One request as the upstream received it."""
 
     method: str
@@ -71,14 +122,6 @@ class Seen:
     headers: list[tuple[str, str]]  # raw header lines, order and case kept
     client_port: int  # the port of the connection it arrived on (same port = same connection)
     body: bytes = b""
-
-    def values(self, name: str) -> list[str]:
-        return [v for n, v in self.headers if n.lower() == name.lower()]
-
-    def value(self, name: str) -> str | None:
-        found = self.values(name)
-        assert len(found) <= 1, f"{name} sent {len(found)} times: {found}"
-        return found[0] if found else None
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -90,18 +133,57 @@ async def read_and_answer_ok(request: web.Request) -> web.StreamResponse:
     return web.Response(text="ok")
 
 
+async def answer_as_query_asks(request: web.Request) -> web.StreamResponse:
+    """Answer as the request's query asks: `?h=Name:value` (repeatable) adds a response header,
+    `status=N` sets the status, `sleep=S` waits S seconds first; a WebSocket upgrade gets an echo
+    socket (with the `h` headers on its 101). The query is part of the target, which coxp passes
+    byte for byte, and path globs ignore it, so tests drive the upstream per request."""
+    query = parse_qsl(urlsplit(request.raw_path).query, keep_blank_values=True)
+    headers: CIMultiDict[str] = CIMultiDict()
+    status, delay = 200, 0.0
+    for key, value in query:
+        if key == "h":
+            name, _, v = value.partition(":")
+            headers.add(name, v.strip())
+        elif key == "status":
+            status = int(value)
+        elif key == "sleep":
+            delay = float(value)
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await _echo_websocket(request, headers)
+    request[SEEN].body = await request.read()
+    if delay:
+        await asyncio.sleep(delay)
+    if "Content-Type" not in headers:
+        headers["Content-Type"] = "text/plain; charset=utf-8"
+    text = b"" if status in (204, 304) or request.method == "HEAD" else b"upstream " + request.method.encode()
+    return web.Response(status=status, headers=headers, body=text)
+
+
+async def _echo_websocket(request: web.Request, headers: CIMultiDict[str]) -> web.StreamResponse:
+    ws = web.WebSocketResponse()
+    ws.headers.extend(headers)
+    await ws.prepare(request)
+    async for message in ws:
+        if message.type == web.WSMsgType.TEXT:
+            await ws.send_str("echo " + message.data)
+    return ws
+
+
 class Upstream:
-    def __init__(self, loop: Loop, ssl_context=None) -> None:
+    def __init__(self, loop: Loop, ssl_context=None, handler: Handler = read_and_answer_ok) -> None:
         self.loop = loop
         self.seen: list[Seen] = []
-        self.handler: Handler = read_and_answer_ok
+        self.default_handler = handler
+        self.handler: Handler = handler
         self.arrived = threading.Condition()
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self._record)
         # handler_cancellation: a handler sees CancelledError when its client (coxp) goes away.
         # Large line bounds: coxp forwards fields of any size up to its own head limit.
+        # auto_decompress off: the handler sees the body bytes coxp forwarded.
         self.runner = web.AppRunner(
-            app, handle_signals=False, access_log=None, handler_cancellation=True,
+            app, handle_signals=False, access_log=None, handler_cancellation=True, auto_decompress=False,
             max_line_size=64 * 1024, max_field_size=64 * 1024,
         )
         self.port = free_port()
@@ -135,9 +217,14 @@ class Upstream:
         """Forget what was seen and answer with the default handler again (for a shared upstream)."""
         with self.arrived:
             self.seen.clear()
-        self.handler = read_and_answer_ok
+        self.handler = self.default_handler
 
-    def wait_seen(self, count: int = 1, timeout: float = 10.0) -> list[Seen]:
+    def saw(self, marker: str) -> list[Seen]:
+        """The requests whose target contains `marker` (tests put a `unique()` id in the query)."""
+        with self.arrived:
+            return [s for s in self.seen if marker in s.raw_path]
+
+    def wait_seen(self, count: int = 1, timeout: float = WAIT) -> list[Seen]:
         with self.arrived:
             assert self.arrived.wait_for(lambda: len(self.seen) >= count, timeout), f"upstream saw {len(self.seen)} requests"
             return list(self.seen)
@@ -226,77 +313,155 @@ def config_text(upstream: str | None = None, proxy: dict | None = None, limits: 
     return "\n".join(parts) + "\n" + extra
 
 
-def start_coxp(directory: Path, text: str, name: str = "coxp.toml") -> "Coxp":
-    """Write `text` to `directory/name` and start coxp with it."""
-    path = directory / name
+def start_coxp(directory: Path, text: str, *args: str, name: str | None = None,
+               ready: str | None = "listening") -> "Coxp":
+    """Write `text` to `directory/name` (a fresh name by default), `coxp run -c` it (plus `args`)
+    and wait for its `ready` event."""
+    path = directory / (name or f"coxp-{next(_ids)}.toml")
     path.write_text(text)
-    return Coxp(path, directory / f"{name}.stderr")
+    return Coxp(["-m", "proxy", "run", "-c", str(path), *args], cwd=directory, config_path=path).start(ready)
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = WAIT) -> subprocess.CompletedProcess:
+    """`python -m proxy ARGS` to completion."""
+    return subprocess.run([PYTHON, "-m", "proxy", *args], cwd=cwd or REPO, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 class Coxp:
-    """A running `coxp run` process and the JSON lines it has printed so far."""
+    """A running `python -m proxy ARGS` process (any subcommand that serves: run, dev, demo):
+    the stdout lines it printed so far (`lines`), the JSON objects among them (`events`), its stderr."""
 
-    def __init__(self, config_path: Path, stderr_path: Path) -> None:
-        self.config_path = config_path
-        self.stderr_path = stderr_path
-        self.lines: list[dict] = []
+    def __init__(self, argv: list[str], cwd: Path, config_path: Path | None = None) -> None:
+        self.argv = argv
+        self.cwd = cwd
+        self.config_path = config_path  # the file given with -c, if any
+        self.lines: list[str] = []
+        self.events: list[dict] = []
+        self.listen: str | None = None  # the address of the `ready` event, as logged
+        self.process: subprocess.Popen | None = None
         self.changed = threading.Condition()
-        self.process = subprocess.Popen(
-            [PYTHON, "-m", "proxy", "run", "-c", str(config_path)],
-            cwd=str(config_path.parent),
-            stdout=subprocess.PIPE,
-            stderr=stderr_path.open("wb"),
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        listening = self.wait_event("listening", timeout=20)
-        host, _, port = listening["listen"].rpartition(":")
-        self.address = (host, int(port))
+        self._stderr: list[str] = []
+        self._readers: list[threading.Thread] = []
+        self._streams_at_eof = 0
 
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = {"event": "<not json>", "line": line.decode("latin-1")}
+    def start(self, ready: str | None = "listening") -> "Coxp":
+        """Start the process; unless `ready` is None, wait for that event and take its `listen`."""
+        self.process = subprocess.Popen(
+            [PYTHON, *self.argv], cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self._readers = [threading.Thread(target=self._read, args=(stream, is_stdout), daemon=True)
+                         for stream, is_stdout in ((self.process.stdout, True), (self.process.stderr, False))]
+        for reader in self._readers:
+            reader.start()
+        if ready is not None:
+            self.listen = self.wait_event(ready, timeout=20)["listen"]
+        return self
+
+    def _read(self, stream, is_stdout: bool) -> None:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
             with self.changed:
-                self.lines.append(event)
+                if is_stdout:
+                    self.lines.append(line)
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        event = None
+                    if isinstance(event, dict):
+                        self.events.append(event)
+                else:
+                    self._stderr.append(line)
                 self.changed.notify_all()
         with self.changed:
+            self._streams_at_eof += 1
             self.changed.notify_all()
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    @property
+    def stderr(self) -> str:
+        with self.changed:
+            return "\n".join(self._stderr)
+
+    def _finished(self) -> bool:
+        """The process has exited and everything it printed has been read."""
+        return self.process.poll() is not None and self._streams_at_eof == len(self._readers)
+
+    def _diagnosis(self) -> str:
+        return (f"exit={self.process.poll()}; stdout:\n" + "\n".join(self.lines[-20:])
+                + "\nstderr:\n" + self.stderr[-2000:])
+
     def forget(self) -> None:
         """Drop the lines logged so far (for a process shared by several tests)."""
         with self.changed:
             self.lines.clear()
+            self.events.clear()
+
+    def mark(self) -> int:
+        """The number of events so far: `wait_event(..., start=mark)` looks only after it."""
+        with self.changed:
+            return len(self.events)
+
+    def events_named(self, name: str, start: int = 0, where: Callable[[dict], bool] | None = None,
+                     **match: Any) -> list[dict]:
+        """The events at index >= `start` called `name`, with the given fields, for which `where` holds."""
+        with self.changed:
+            return [e for e in self.events[start:] if e.get("event") == name
+                    and all(e.get(k) == v for k, v in match.items()) and (where is None or where(e))]
+
+    def wait_event(self, name: str, count: int = 1, start: int = 0, timeout: float = WAIT,
+                   where: Callable[[dict], bool] | None = None, **match: Any) -> dict:
+        """The `count`-th event of `events_named(name, start, where, **match)`, waiting for it to be logged."""
+        with self.changed:
+            self.changed.wait_for(lambda: len(self.events_named(name, start, where, **match)) >= count
+                                  or self._finished(), timeout)
+            found = self.events_named(name, start, where, **match)
+            if len(found) < count:
+                raise AssertionError(f"no {name} event {match} (count {count}); {self._diagnosis()}")
+            return found[count - 1]
+
+    def wait_line(self, predicate: Callable[[str], bool], timeout: float = WAIT) -> str:
+        """The first stdout line (text) for which `predicate` is true."""
+        with self.changed:
+            self.changed.wait_for(lambda: any(predicate(l) for l in self.lines) or self._finished(), timeout)
+            hit = next((l for l in self.lines if predicate(l)), None)
+            if hit is None:
+                raise AssertionError(f"no such line; {self._diagnosis()}")
+            return hit
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float = WAIT) -> bool:
+        """Wait until `condition()` (called with the log lock held) is true; False on timeout."""
+        with self.changed:
+            return self.changed.wait_for(condition, timeout)
 
     def settle(self) -> None:
         """Make one request and wait for its log line: the lines of earlier requests came first."""
         get(self, "/__settle__")
         self.wait_event("request", path="/__settle__")
 
-    def events(self, name: str, **match: Any) -> list[dict]:
-        with self.changed:
-            return [e for e in self.lines if e.get("event") == name and all(e.get(k) == v for k, v in match.items())]
-
-    def wait_event(self, name: str, count: int = 1, timeout: float = 10.0, **match: Any) -> dict:
-        """The `count`-th event called `name` (with the given fields), waiting for it to be logged."""
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while len(found := self.events(name, **match)) < count:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.process.poll() is not None and not self.reader.is_alive()):
-                    raise AssertionError(f"no {name} event {match} (count {count}); log: {self.lines[-10:]}; stderr: {self.stderr()}")
-                self.changed.wait(remaining)
-            return found[count - 1]
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
+    def request(self, method: str, target: str, headers=(), body: bytes | None = None,
+                host: str | None = None, port: int | None = None) -> "Response":
+        """One request on a fresh connection (to `port`, by default coxp's own); for coxp's own
+        port, waits for the `request` log event and returns it as `response.event`."""
+        mark = self.mark()
+        response = http_request(port or self.port, method, target, headers, body,
+                                host if host is not None else f"127.0.0.1:{port or self.port}")
+        if port is None:
+            response.event = self.wait_event("request", start=mark)
+        return response
 
     def rss_kib(self) -> int:
         """VmRSS of the proxy process, in KiB."""
@@ -309,7 +474,9 @@ class Coxp:
         self.process.send_signal(signum)
 
     def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM and wait for the exit status."""
+        """SIGTERM and wait for the exit status; then every line it printed has been read."""
+        if self.process is None:
+            return 0
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
@@ -318,9 +485,10 @@ class Coxp:
             if self.process.poll() is None:
                 self.process.kill()
                 self.process.wait(5)
-            self.reader.join(5)
+            for reader in self._readers:
+                reader.join(5)
 
-    def connect(self, timeout: float = 10.0) -> socket.socket:
+    def connect(self, timeout: float = WAIT) -> socket.socket:
         return socket.create_connection(self.address, timeout=timeout)
 
 
@@ -333,6 +501,27 @@ def fresh_log(process: Coxp, upstream: Upstream):
     process.settle()
 
 
+class CoxpPool:
+    """One running proxy per distinct config text (`{upstream}` replaced); all stopped by `close`."""
+
+    def __init__(self, directory: Path, upstream: Upstream) -> None:
+        self.directory = directory
+        self.upstream = upstream
+        self._running: dict[str, Coxp] = {}
+
+    def get(self, text: str) -> Coxp:
+        text = text.replace("{upstream}", self.upstream.url)
+        proxy = self._running.get(text)
+        if proxy is None or proxy.process.poll() is not None:
+            proxy = start_coxp(self.directory, text)
+            self._running[text] = proxy
+        return proxy
+
+    def close(self) -> None:
+        for proxy in self._running.values():
+            proxy.stop()
+
+
 # --------------------------------------------------------------------------------------------
 # exact-bytes HTTP/1.1 client
 # --------------------------------------------------------------------------------------------
@@ -343,25 +532,21 @@ class Aborted(Exception):
 
 
 @dataclass
-class Response:
+class Response(HeaderLines):
     status: int
     reason: str
     headers: list[tuple[str, str]]
     body: bytes = b""
     raw_head: bytes = b""
     chunked: bool = False
-    extra: dict = field(default_factory=dict)
-
-    def values(self, name: str) -> list[str]:
-        return [v for n, v in self.headers if n.lower() == name.lower()]
-
-    def value(self, name: str) -> str | None:
-        found = self.values(name)
-        assert len(found) <= 1, f"{name} sent {len(found)} times: {found}"
-        return found[0] if found else None
+    event: dict | None = None  # the decision-log `request` event for this request (`Coxp.request`)
 
     def names(self) -> set[str]:
         return {n.lower() for n, _ in self.headers}
+
+    @property
+    def policy(self) -> list[tuple[str, str]]:
+        return policy_view(self.headers)
 
 
 class Reader:
@@ -449,22 +634,67 @@ class Reader:
         return data == b""
 
 
-def request_bytes(method: str, target: str, headers: list[tuple[str, str]] | None = None, body: bytes = b"", host: str | None = "example.test") -> bytes:
+def request_bytes(method: str, target: str, headers: list[tuple[str, str]] | None = None, body: bytes = b"",
+                  host: str | None = "example.test") -> bytes:
+    """A request head with exactly the given headers (repeats and order kept) after `Host`, plus
+    `Content-Length` for a non-empty body that has no framing header of its own."""
+    headers = list(headers or [])
     lines = [f"{method} {target} HTTP/1.1"]
     if host is not None:
         lines.append(f"Host: {host}")
-    lines += [f"{n}: {v}" for n, v in headers or []]
-    if body and not any(n.lower() in ("content-length", "transfer-encoding") for n, _ in headers or []):
+    lines += [f"{n}: {v}" for n, v in headers]
+    if body and not any(n.lower() in ("content-length", "transfer-encoding") for n, _ in headers):
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def exchange(proxy: Coxp, raw: bytes, method: str | None = None, timeout: float = 10.0) -> Response:
-    """Send exact bytes on a new connection, read one response."""
-    with proxy.connect(timeout) as sock:
+def send(address: tuple[str, int], raw: bytes, method: str | None = None, timeout: float = WAIT) -> Response:
+    """Send exact bytes on a new connection to `address`, read one response."""
+    with socket.create_connection(address, timeout=timeout) as sock:
         sock.sendall(raw)
         return Reader(sock).response(method or raw.split(b" ", 1)[0].decode())
 
 
-def get(proxy: Coxp, target: str = "/", headers: list[tuple[str, str]] | None = None, method: str = "GET", body: bytes = b"") -> Response:
+def exchange(proxy: Coxp, raw: bytes, method: str | None = None, timeout: float = WAIT) -> Response:
+    """Send exact bytes to coxp on a new connection, read one response."""
+    return send(proxy.address, raw, method, timeout)
+
+
+def get(proxy: Coxp, target: str = "/", headers: list[tuple[str, str]] | None = None, method: str = "GET",
+        body: bytes = b"") -> Response:
     return exchange(proxy, request_bytes(method, target, headers, body), method)
+
+
+def http_request(port: int, method: str, target: str, headers=(), body: bytes | None = None,
+                 host: str | None = None) -> Response:
+    """One request to 127.0.0.1:`port` with exactly the given headers and `Host` (none when None);
+    a `body` (even empty) is sent with its Content-Length."""
+    headers = list(headers)
+    if body is not None:
+        headers.append(("Content-Length", str(len(body))))
+    return send(("127.0.0.1", port), request_bytes(method, target, headers, body or b"", host), method)
+
+
+def websocket_handshake(port: int, target: str, headers=(), host: str | None = None):
+    """Send a WebSocket upgrade; returns (status, headers, socket) -- the socket stays open
+    for frames when the status is 101 (the caller closes it)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    key = base64.b64encode(os.urandom(16)).decode()
+    upgrade = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Key", key),
+               ("Sec-WebSocket-Version", "13"), *headers]
+    sock.sendall(request_bytes("GET", target, upgrade, host=host or f"127.0.0.1:{port}"))
+    head = Reader(sock).head()  # nothing follows a 101 before the client's first frame
+    return head.status, head.headers, sock
+
+
+def websocket_echo(sock: socket.socket, text: str) -> str:
+    """Send one masked text frame, read one unmasked text frame back (short messages only)."""
+    payload = text.encode()
+    mask = os.urandom(4)
+    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+    header = sock.recv(2)
+    size = header[1] & 0x7F
+    data = b""
+    while len(data) < size:
+        data += sock.recv(size - len(data))
+    return data.decode()

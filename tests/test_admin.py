@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from e2e import coxp_proc, http_request, query_upstream  # noqa: F401  (fixtures)
+from harness import http_request
 
 ORIGIN = "https://app.example.test"
 
@@ -29,9 +29,9 @@ allow_methods = ["PUT"]
 
 
 @pytest.fixture
-def admin(coxp_proc, query_upstream):
+def admin(coxp, query_upstream):
     # port 0: the `listening` event reports the port the admin listener actually bound
-    proxy = coxp_proc(CONFIG.replace("{upstream}", query_upstream.url).replace("{admin}", "0"))
+    proxy = coxp(CONFIG.replace("{upstream}", query_upstream.url).replace("{admin}", "0"))
     host, _, port = proxy.events[0]["admin"].rpartition(":")
     port = int(port)
     assert host == "127.0.0.1" and port not in (0, proxy.port)
@@ -70,7 +70,7 @@ def test_metrics_count_requests_by_route_cors_and_status(admin):
     proxy.request("GET", "/other")
     response = get("/metrics")
     assert response.status == 200
-    assert response.header("Content-Type").startswith("text/plain")
+    assert response.value("Content-Type").startswith("text/plain")
     text = response.body.decode()
     counts = samples(text, "coxp_requests_total")
     assert counts == {
@@ -91,14 +91,14 @@ def test_metrics_count_bad_requests(admin):
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\n\r\n")  # no Host: 400, never routed
         assert sock.recv(100).startswith(b"HTTP/1.1 400")
-    proxy.wait_event(lambda e: e.get("event") == "bad_request")
+    proxy.wait_event("bad_request")
     assert samples(get("/metrics").body.decode(), "coxp_bad_requests_total") == {(("status", "400"),): 1.0}
 
 
 def test_config_is_the_effective_config_as_json(admin):
     proxy, get = admin
     response = get("/config")
-    assert response.status == 200 and response.header("Content-Type").startswith("application/json")
+    assert response.status == 200 and response.value("Content-Type").startswith("application/json")
     effective = json.loads(response.body)
     assert [r["name"] for r in effective["routes"]] == ["api"]
     assert effective["routes"][0]["cors"]["allow_origins"] == [ORIGIN]
@@ -111,7 +111,7 @@ def test_config_follows_a_reload(admin, tmp_path):
     path.write_text(path.read_text().replace('name = "api"', 'name = "renamed"'))
     mark = proxy.mark()
     proxy.signal(signal.SIGHUP)
-    proxy.wait_event(lambda e: e.get("event") == "config_reloaded", start=mark)
+    proxy.wait_event("config_reloaded", start=mark)
     assert [r["name"] for r in json.loads(get("/config").body)["routes"]] == ["renamed"]
 
 
@@ -125,7 +125,7 @@ def test_healthz_is_503_while_draining(admin, query_upstream):
     import threading
     import time
 
-    from e2e import WAIT, unique
+    from harness import WAIT, unique
 
     proxy, get = admin
     marker = unique()
@@ -143,4 +143,4 @@ def test_healthz_is_503_while_draining(admin, query_upstream):
     assert (health.status, health.body) == (503, b"stopping\n")
     slow.join(WAIT)
     assert result["r"].status == 200
-    assert proxy.proc.wait(WAIT) == 0
+    assert proxy.process.wait(WAIT) == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e import PYTHON, WAIT, Coxp, coxp_proc, free_port, http_request, norm, query_upstream, run_cli  # noqa: F401
+from harness import PYTHON, WAIT, Coxp, free_port, http_request, norm, run_cli
 
 ORIGIN = "https://app.example.test"
 
@@ -276,7 +276,7 @@ def test_dev_survives_sighup_it_has_no_file_to_reload(tmp_path, query_upstream):
                cwd=tmp_path).start(ready=None)
     try:
         dev.wait_line(lambda line: "listening" in line)
-        dev.proc.send_signal(signal.SIGHUP)
+        dev.process.send_signal(signal.SIGHUP)
         dev.wait_line(lambda line: "config_reload_skipped" in line)
         response = http_request(port, "GET", "/items", [("Origin", "http://localhost:5173")], host=f"127.0.0.1:{port}")
         assert response.status == 200
@@ -307,12 +307,12 @@ def test_dev_proxies_with_credentials(tmp_path, query_upstream):
             ("Origin", "http://127.0.0.1:3000"), ("Access-Control-Request-Method", "PATCH"),
             ("Access-Control-Request-Headers", "Authorization, X-Any")], host=f"127.0.0.1:{port}")
         assert preflight.status == 204
-        assert preflight.header("Access-Control-Allow-Origin") == "http://127.0.0.1:3000"
-        assert preflight.header("Access-Control-Allow-Methods") == "PATCH"
-        assert preflight.header("Access-Control-Allow-Headers") == "Authorization, X-Any"
-        assert preflight.header("Access-Control-Allow-Credentials") == "true"
+        assert preflight.value("Access-Control-Allow-Origin") == "http://127.0.0.1:3000"
+        assert preflight.value("Access-Control-Allow-Methods") == "PATCH"
+        assert preflight.value("Access-Control-Allow-Headers") == "Authorization, X-Any"
+        assert preflight.value("Access-Control-Allow-Credentials") == "true"
         denied = http_request(port, "GET", "/items", [("Origin", "https://evil.test")], host=f"127.0.0.1:{port}")
-        assert denied.header("Access-Control-Allow-Origin") is None
+        assert denied.value("Access-Control-Allow-Origin") is None
         # the console log names the decisions
         dev.wait_line(lambda line: "request" in line and "denied" in line)
     finally:
@@ -348,10 +348,10 @@ def test_demo_starts_prints_urls_and_serves_through_the_proxy(tmp_path):
                                  ("Access-Control-Request-Method", "PUT"),
                                  ("Access-Control-Request-Headers", "content-type, x-demo")], host=f"127.0.0.1:{port}")
         assert preflight.status == 204
-        assert preflight.header("Access-Control-Allow-Origin") == origin
+        assert preflight.value("Access-Control-Allow-Origin") == origin
         isolated = http_request(port, "GET", "/isolated/", host=f"127.0.0.1:{port}")
-        assert isolated.header("Cross-Origin-Opener-Policy") == "same-origin"
-        assert isolated.header("Cross-Origin-Embedder-Policy") == "require-corp"
+        assert isolated.value("Cross-Origin-Opener-Policy") == "same-origin"
+        assert isolated.value("Cross-Origin-Embedder-Policy") == "require-corp"
     finally:
         assert demo.stop() == 0
 
@@ -415,14 +415,14 @@ allow_origins = ["https://app.example.test"]
 """
 
 
-def test_run_flags_override_the_file(tmp_path, query_upstream, coxp_proc):
+def test_run_flags_override_the_file(tmp_path, query_upstream, coxp):
     import socket
 
     with socket.socket() as busy:  # the file's listen address is taken: only --listen can work
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         text = RUN_FILE.replace("{busy}", str(busy.getsockname()[1]))
-        proxy = coxp_proc(text, "--listen", "127.0.0.1:0", "--upstream", query_upstream.url,
+        proxy = coxp(text, "--listen", "127.0.0.1:0", "--upstream", query_upstream.url,
                           "--log-format", "console", ready=None)
         line = proxy.wait_line(lambda l: "listening" in l)
         with pytest.raises(ValueError):
@@ -430,7 +430,7 @@ def test_run_flags_override_the_file(tmp_path, query_upstream, coxp_proc):
         port = int(re.search(r"listen=127\.0\.0\.1:(\d+)", line).group(1))
         response = http_request(port, "GET", "/x", [("Origin", ORIGIN)], host=f"127.0.0.1:{port}")
         assert response.status == 200 and response.body == b"upstream GET"  # --upstream took effect
-        assert response.header("Access-Control-Allow-Origin") == ORIGIN
+        assert response.value("Access-Control-Allow-Origin") == ORIGIN
         proxy.wait_line(lambda l: "request" in l and "/x" in l)
         assert proxy.stop() == 0
 
@@ -450,16 +450,16 @@ def wait_accepting(port: int) -> None:
             time.sleep(0.05)
 
 
-def test_run_log_level_flag_filters_events(tmp_path, coxp_proc):
+def test_run_log_level_flag_filters_events(tmp_path, coxp):
     """--log-level warning: `request` and `listening` (info) are not logged, `upstream_error`
     (warning) is; the file says info."""
     port = free_port()
-    proxy = coxp_proc(RUN_FILE.replace("{busy}", "0"), "--listen", f"127.0.0.1:{port}", "--log-level", "warning",
+    proxy = coxp(RUN_FILE.replace("{busy}", "0"), "--listen", f"127.0.0.1:{port}", "--log-level", "warning",
                       ready=None)
     wait_accepting(port)
     response = http_request(port, "GET", "/x", [("Origin", ORIGIN)], host=f"127.0.0.1:{port}")
     assert response.status == 502  # the file's upstream, 127.0.0.1:1, refuses
-    proxy.wait_event(lambda e: e.get("event") == "upstream_error")
+    proxy.wait_event("upstream_error")
     assert proxy.stop() == 0
     assert [e["event"] for e in proxy.events] == ["upstream_error"]
     assert proxy.events[0]["level"] == "warning"
@@ -487,7 +487,7 @@ def test_explain_runs_on_every_example_config(name):
 
 
 def test_explain_contacts_nothing(tmp_path, query_upstream):
-    from e2e import unique
+    from harness import unique
 
     marker = unique()
     name = write(tmp_path, "live.toml", EXPLAIN.replace("http://127.0.0.1:3000", query_upstream.url))

@@ -443,7 +443,7 @@ def test_malformed_requests_are_400_and_never_forwarded(proxy, upstream, raw):
     assert response.value("connection") == "close"
     event = proxy.wait_event("bad_request")
     assert (event["status"], event["peer"]) == (400, "127.0.0.1") and event["reason"]
-    assert proxy.events("request") == []
+    assert proxy.events_named("request") == []
     assert upstream.seen == []
 
 
@@ -487,7 +487,7 @@ def test_exactly_one_request_event_per_request_with_every_field(coxp, upstream):
     events = [proxy.wait_event("request", count=n) for n in (1, 2, 3)]
     get(proxy, "/sync")  # a fourth request, logged after the three: nothing more came before it
     proxy.wait_event("request", count=4)
-    assert len(proxy.events("request")) == 4
+    assert len(proxy.events_named("request")) == 4
     for event in events:
         assert set(event) == REQUEST_FIELDS, set(event) ^ REQUEST_FIELDS
         assert event["level"] == "info" and event["route"] == "default"

@@ -9,7 +9,7 @@ from datetime import datetime
 
 import pytest
 
-from e2e import coxp_proc, free_port, http_request, norm, query_upstream, unique  # noqa: F401  (fixtures)
+from harness import free_port, http_request
 
 ORIGIN = "https://app.example.test"
 FIELDS = {"event", "timestamp", "level", "route", "method", "path", "origin", "cors", "reason", "headers_set",
@@ -40,8 +40,8 @@ upstream = "http://127.0.0.1:{closed}"
 
 
 @pytest.fixture
-def proxy(coxp_proc, query_upstream):
-    return coxp_proc(CONFIG.replace("{upstream}", query_upstream.url).replace("{closed}", str(free_port())))
+def proxy(coxp, query_upstream):
+    return coxp(CONFIG.replace("{upstream}", query_upstream.url).replace("{closed}", str(free_port())))
 
 
 # (request, expected fields of its `request` event)
@@ -117,7 +117,7 @@ def test_listening_event(proxy):
 def test_upstream_error_event(proxy):
     response = proxy.request("GET", "/dead/x")
     assert response.status == 502
-    error = proxy.wait_event(lambda e: e.get("event") == "upstream_error")
+    error = proxy.wait_event("upstream_error")
     assert error["level"] in ("warning", "error")
     assert error["upstream"].startswith("http://127.0.0.1:")
     assert error["path"] == "/dead/x" and error["reason"]
@@ -128,7 +128,7 @@ def test_bad_requests_are_bad_request_events_not_request_events(proxy):
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
         sock.sendall(b"GET /api/a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
         assert sock.recv(100).startswith(b"HTTP/1.1 400")
-    event = proxy.wait_event(lambda e: e.get("event") == "bad_request")
+    event = proxy.wait_event("bad_request")
     assert event["status"] == 400 and event["reason"]
     assert proxy.stop() == 0
     assert [e["event"] for e in proxy.events] == ["listening", "bad_request"]
@@ -144,11 +144,11 @@ def test_sighup_reloads_a_valid_config(proxy, tmp_path):
     path.write_text(path.read_text().replace('allow_origins = ["https://app.example.test"]', ALLOW_OTHER))
     mark = proxy.mark()
     proxy.signal(signal.SIGHUP)
-    reloaded = proxy.wait_event(lambda e: e.get("event") == "config_reloaded", start=mark)
+    reloaded = proxy.wait_event("config_reloaded", start=mark)
     assert reloaded["level"] == "info"
     response = proxy.request("GET", "/api/a", other)
     assert response.event["cors"] == "allowed"
-    assert response.header("Access-Control-Allow-Origin") == "https://other.example.test"
+    assert response.value("Access-Control-Allow-Origin") == "https://other.example.test"
 
 
 def test_sighup_applies_a_new_log_level(proxy, tmp_path):
@@ -179,18 +179,18 @@ def test_sighup_with_an_invalid_config_logs_errors_and_keeps_serving(proxy, tmp_
     path.write_text(path.read_text().replace('allow_methods = ["PUT"]', 'allow_methods = ["TRACE"]\nmax_age = -5'))
     mark = proxy.mark()
     proxy.signal(signal.SIGHUP)
-    error = proxy.wait_event(lambda e: e.get("event") == "config_error", start=mark)
+    error = proxy.wait_event("config_error", start=mark)
     assert error["level"] == "error"
     assert any("routes[0].cors.allow_methods[0]" in line for line in error["errors"]), error
     assert any("routes[0].cors.max_age" in line for line in error["errors"]), error
     assert all(line.startswith(str(path)) or line.startswith("coxp.toml") for line in error["errors"]), error
     response = proxy.request("GET", "/api/a", [("Origin", ORIGIN)])
-    assert response.status == 200 and response.header("Access-Control-Allow-Origin") == ORIGIN
+    assert response.status == 200 and response.value("Access-Control-Allow-Origin") == ORIGIN
     # a later valid file is picked up again
     path.write_text(path.read_text().replace('allow_methods = ["TRACE"]\nmax_age = -5', 'allow_methods = ["PUT"]'))
     mark = proxy.mark()
     proxy.signal(signal.SIGHUP)
-    proxy.wait_event(lambda e: e.get("event") == "config_reloaded", start=mark)
+    proxy.wait_event("config_reloaded", start=mark)
 
 
 def test_sighup_with_a_toml_syntax_error(proxy, tmp_path):
@@ -198,15 +198,15 @@ def test_sighup_with_a_toml_syntax_error(proxy, tmp_path):
     path.write_text(path.read_text() + "\n[broken\n")
     mark = proxy.mark()
     proxy.signal(signal.SIGHUP)
-    error = proxy.wait_event(lambda e: e.get("event") == "config_error", start=mark)
+    error = proxy.wait_event("config_error", start=mark)
     assert any("line" in line for line in error["errors"])
     assert proxy.request("GET", "/api/a").status == 200
 
 
-def test_console_format_is_readable(coxp_proc, query_upstream):
+def test_console_format_is_readable(coxp, query_upstream):
     text = CONFIG.replace("{upstream}", query_upstream.url).replace("{closed}", "1").replace(
         'format = "json"', 'format = "console"')
-    proxy = coxp_proc(text, ready=None)
+    proxy = coxp(text, ready=None)
     line = proxy.wait_line(lambda l: "listening" in l)
     port = int(line.split("listen=127.0.0.1:")[1].split()[0])
     http_request(port, "OPTIONS", "/api/a", [("Origin", ORIGIN), ("Access-Control-Request-Method", "DELETE")],
@@ -226,7 +226,7 @@ def test_several_workers_write_whole_json_lines(tmp_path, query_upstream):
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from e2e import PYTHON, WAIT
+    from harness import PYTHON, WAIT
 
     port = free_port()
     text = CONFIG.replace("{upstream}", query_upstream.url).replace("{closed}", "1").replace(
@@ -271,12 +271,12 @@ def test_several_workers_write_whole_json_lines(tmp_path, query_upstream):
     assert len({e["pid"] for e in events if e["event"] == "listening"}) == 4
 
 
-def test_sighup_reaches_every_worker(coxp_proc, query_upstream):
+def test_sighup_reaches_every_worker(coxp, query_upstream):
     """The parent takes SIGHUP and passes it on: each of the two workers logs config_reloaded."""
     text = CONFIG.replace("{upstream}", query_upstream.url).replace("{closed}", "1").replace(
         "[log]", "workers = 2\n[log]")
-    proxy = coxp_proc(text)
-    proxy.wait_event(lambda e: e.get("event") == "listening", start=1)  # the second worker is up
+    proxy = coxp(text)
+    proxy.wait_event("listening", start=1)  # the second worker is up
     mark = proxy.mark()
     proxy.signal(signal.SIGHUP)
 

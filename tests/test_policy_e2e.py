@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from e2e import coxp_pool, norm, query_upstream, unique  # noqa: F401  (fixtures)
+from harness import norm, unique
 
 ORIGIN = "https://app.example.test"
 TEXT = "text/plain; charset=utf-8"
@@ -273,7 +273,7 @@ allow_origins = ["https://app.example.test"]
 
 
 def _closed_port() -> int:
-    from e2e import free_port
+    from harness import free_port
 
     return free_port()  # bound then released: nothing listens there
 
@@ -665,10 +665,10 @@ def test_policy_end_to_end(coxp_pool, query_upstream, case: Case):
     if case.body is not None:
         assert response.body == case.body.encode()
         if case.body:
-            assert response.header("Content-Type") == TEXT
-            assert response.header("Content-Length") == str(len(case.body))
+            assert response.value("Content-Type") == TEXT
+            assert response.value("Content-Length") == str(len(case.body))
         else:
-            assert response.header("Content-Length") is None and response.header("Content-Type") is None
+            assert response.value("Content-Length") is None and response.value("Content-Type") is None
     event = response.event
     assert event["status"] == case.status
     assert event["upstream_status"] == (case.status if case.forwarded and case.status < 500 else None)
@@ -682,7 +682,7 @@ def test_policy_end_to_end(coxp_pool, query_upstream, case: Case):
 @pytest.mark.parametrize("case", [c for c in ALL_CASES if c.status in (502, 504)], ids=lambda c: c.id)
 def test_proxy_made_failure_bodies_name_the_failure(coxp_pool, query_upstream, case: Case):
     _, _, response = run_case(coxp_pool, case)
-    assert response.header("Content-Type") == TEXT
+    assert response.value("Content-Type") == TEXT
     assert response.body.startswith(str(case.status).encode()) and response.body.endswith(b"\n")
     assert response.body.count(b"\n") == 1
 
@@ -723,17 +723,17 @@ def test_forwarded_headers_from_trusted_and_untrusted_peers(coxp_pool, query_ups
     marker = unique()
     trusted.request("GET", f"/a?{marker}", incoming)
     (seen,) = query_upstream.saw(marker)
-    assert seen.all("X-Forwarded-Proto") == ["https"]
-    assert seen.all("X-Forwarded-Host") == ["app.example.test"]
-    assert seen.all("X-Forwarded-For") == ["203.0.113.7, 127.0.0.1"]
+    assert seen.values("X-Forwarded-Proto") == ["https"]
+    assert seen.values("X-Forwarded-Host") == ["app.example.test"]
+    assert seen.values("X-Forwarded-For") == ["203.0.113.7, 127.0.0.1"]
 
     untrusted = coxp_pool.get(config_text("untrusted"))
     marker = unique()
     untrusted.request("GET", f"/a?{marker}", incoming)
     (seen,) = query_upstream.saw(marker)
-    assert seen.all("X-Forwarded-Proto") == ["http"]
-    assert seen.all("X-Forwarded-Host") == [f"127.0.0.1:{untrusted.port}"]
-    assert seen.all("X-Forwarded-For") == ["127.0.0.1"]
+    assert seen.values("X-Forwarded-Proto") == ["http"]
+    assert seen.values("X-Forwarded-Host") == [f"127.0.0.1:{untrusted.port}"]
+    assert seen.values("X-Forwarded-For") == ["127.0.0.1"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -764,7 +764,7 @@ def test_explain_and_server_agree(coxp_pool, query_upstream, tmp_path, capsysbin
     """Every row of the table, through the running server and through `coxp explain --json`
     (the CLI entry point, in-process): same route, classification, reason, status for
     proxy-made answers, and the same policy headers."""
-    from e2e import policy_view
+    from harness import policy_view
 
     checked = 0
     for case in AGREEMENT_CASES:
@@ -804,7 +804,7 @@ WS_CASES = [
 @pytest.mark.parametrize("path, headers, up, status, expect, cors, reaches",
                          [c[1:] for c in WS_CASES], ids=[c[0] for c in WS_CASES])
 def test_websocket_upgrade_policies(coxp_pool, query_upstream, path, headers, up, status, expect, cors, reaches):
-    from e2e import policy_view, websocket_echo, websocket_handshake
+    from harness import policy_view, websocket_echo, websocket_handshake
 
     proxy = coxp_pool.get(config_text("cors"))
     marker = unique()
@@ -821,5 +821,5 @@ def test_websocket_upgrade_policies(coxp_pool, query_upstream, path, headers, up
     finally:
         sock.close()
     assert len(query_upstream.saw(marker)) == (1 if reaches else 0)
-    event = proxy.wait_event(lambda e: e.get("event") == "request", start=mark)
+    event = proxy.wait_event("request", start=mark)
     assert (event["cors"], event["status"]) == (cors, status)

@@ -41,7 +41,7 @@ def refused(proxy, raw: bytes, status: int, reason: str, upstream) -> None:
     assert reason.encode() in response.body
     event = proxy.wait_event("bad_request")
     assert (event["status"], event["reason"]) == (status, reason)
-    assert proxy.events("request") == [] and upstream.seen == []
+    assert proxy.events_named("request") == [] and upstream.seen == []
 
 
 # --- request line, head, header count --------------------------------------------------------------
@@ -260,7 +260,7 @@ def test_sighup_with_an_invalid_config_keeps_the_old_one(coxp, upstream):
     proxy.signal(signal.SIGHUP)
     error = proxy.wait_event("config_error")
     assert any("limits.max_bodyy" in line for line in error["errors"]), error
-    assert proxy.events("config_reloaded") == []
+    assert proxy.events_named("config_reloaded") == []
     response = get(proxy)
     assert (response.status, response.value("cross-origin-resource-policy")) == (200, "same-origin")
 

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from e2e import coxp_proc, http_request, query_upstream  # noqa: F401  (fixtures)
+from harness import http_request
 
 CONFIG = """
 [proxy]
@@ -29,16 +29,16 @@ def workers_of(proxy) -> set[int]:
     return {e["pid"] for e in proxy.events if e.get("event") == "listening"}
 
 
-def test_two_workers_serve_one_port_and_a_killed_worker_is_replaced(coxp_proc, query_upstream):
-    proxy = coxp_proc(CONFIG.format(listen="127.0.0.1:0", upstream=query_upstream.url))
-    proxy.wait_event(lambda e: e.get("event") == "listening", start=1)
+def test_two_workers_serve_one_port_and_a_killed_worker_is_replaced(coxp, query_upstream):
+    proxy = coxp(CONFIG.format(listen="127.0.0.1:0", upstream=query_upstream.url))
+    proxy.wait_event("listening", start=1)
     first, second = sorted(workers_of(proxy))
     assert proxy.events[0]["listen"] == proxy.events[1]["listen"]  # the parent reserved one port
 
     os.kill(first, signal.SIGKILL)
-    died = proxy.wait_event(lambda e: e.get("event") == "worker_died")
+    died = proxy.wait_event("worker_died")
     assert died["pid"] == first and died["level"] == "error"
-    replacement = proxy.wait_event(lambda e: e.get("event") == "listening" and e["pid"] not in (first, second))
+    replacement = proxy.wait_event("listening", where=lambda e: e["pid"] not in (first, second))
     assert replacement["listen"] == proxy.events[0]["listen"]
 
     statuses = {http_request(proxy.port, "GET", "/api/x", [("Origin", ORIGIN)], host="a.test").status for _ in range(20)}
@@ -56,8 +56,8 @@ def _ipv6_loopback() -> bool:
 
 
 @pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
-def test_listen_on_ipv6_loopback(coxp_proc, query_upstream):
-    proxy = coxp_proc(CONFIG.format(listen="[::1]:0", upstream=query_upstream.url).replace("workers = 2", "workers = 1"))
+def test_listen_on_ipv6_loopback(coxp, query_upstream):
+    proxy = coxp(CONFIG.format(listen="[::1]:0", upstream=query_upstream.url).replace("workers = 2", "workers = 1"))
     listen = proxy.events[0]["listen"]
     assert listen.startswith("[::1]:")
     port = int(listen.rsplit(":", 1)[1])

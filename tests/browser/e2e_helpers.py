@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import socket
+from harness import free_port  # noqa: F401  (pytest puts tests/ on sys.path for tests/conftest.py)
 
 # Host names used by the scenarios. ``example.test`` is one site; ``other.test`` is another.
 APP = "app.example.test"
@@ -14,11 +14,6 @@ TEST_HOSTS = [APP, API, OTHER_SAME_SITE, EVIL, IMG_OTHER_SITE]
 
 PW_TIMEOUT_MS = 10_000
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 # --------------------------------------------------------------------------------------------
 # in-page helpers
