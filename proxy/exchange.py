@@ -94,7 +94,11 @@ async def _respond(
     if config.limits.max_body_bytes and (head.content_length or 0) > config.limits.max_body_bytes:
         return answer(conn, decision, 413, "body-too-large", False), False
     if head.websocket:
-        return await open_tunnel(state, conn, head, upstream, decision, scheme), False
+        try:
+            status, edited = await open_tunnel(state, conn, head, upstream, decision, scheme)
+        except UpstreamFailure as failure:
+            return upstream_failed(state, conn, head, upstream, decision, failure), False
+        return Outcome(status, status, edited.set_names, edited.removed_names), False
     return await forward(state, conn, head, upstream, decision, scheme, trusted, keep_alive)
 
 
@@ -114,6 +118,15 @@ def answer(
         headers.append(("Connection", "close"))
     conn.write(serialize_head(status, headers) + body)
     return Outcome(status, None, edited.set_names, edited.removed_names)
+
+
+def upstream_failed(
+    state: "ServingState", conn: ClientConnection, head: RequestHead, upstream, decision: Decision, failure: UpstreamFailure
+) -> Outcome:
+    """The upstream gave no response: log why, and answer 502/504 naming the reason."""
+    state.log.warning("upstream_error", upstream=upstream.url, reason=failure.reason, detail=failure.detail,
+                      method=head.method, path=head.path)
+    return answer(conn, decision, failure.status, f"{failure.status} {failure.reason}", False)
 
 
 async def forward(
@@ -139,9 +152,7 @@ async def forward(
             raise
         if not isinstance(failure, UpstreamFailure):
             failure = UpstreamFailure(502, "upstream-error", str(failure))
-        state.log.warning("upstream_error", upstream=upstream.url, reason=failure.reason, detail=failure.detail,
-                          method=head.method, path=head.path)
-        return answer(conn, decision, failure.status, f"{failure.status} {failure.reason}", False), False
+        return upstream_failed(state, conn, head, upstream, decision, failure), False
 
     try:
         edited = apply_edits(decision.edits, response.headers)
@@ -173,9 +184,9 @@ async def forward(
             out.append(("Connection", "keep-alive"))
         outcome = Outcome(status, status, edited.set_names, edited.removed_names)
         if whole is not None:
-            conn.write(serialize_head(status, out, response.reason) + whole)
+            conn.write(serialize_head(status, out) + whole)
         else:
-            conn.write(serialize_head(status, out, response.reason))
+            conn.write(serialize_head(status, out))
         if not no_body and whole is None:
             try:
                 await _relay_body(conn, response.chunks(), chunked)

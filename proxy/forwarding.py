@@ -104,13 +104,14 @@ def upstream_ssl_context(settings: ProxySettings) -> ssl.SSLContext:
 
 
 class UpstreamResponse:
-    """The upstream's response head, hop-by-hop headers removed, with its body still to read."""
+    """The upstream's response head, hop-by-hop headers removed, with its body still to read.
 
-    __slots__ = ("status", "reason", "headers", "content_length", "_pooled")
+    The reason phrase is not kept: coxp sends the standard one (RFC 9112 §4: clients ignore it)."""
+
+    __slots__ = ("status", "headers", "content_length", "_pooled")
 
     def __init__(self, pooled: PooledResponse):
         self.status = pooled.status
-        self.reason = None  # the standard phrase: RFC 9112 §4 says clients ignore the upstream's
         self.headers = response_headers(pooled.headers)
         self.content_length = pooled.content_length
         self._pooled = pooled

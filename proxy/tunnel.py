@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+import httptools
+
 from proxy.connection import ClientConnection
-from proxy.forwarding import MAX_RESPONSE_HEAD, UpstreamFailure, is_trusted, upstream_headers, upstream_ssl_context
+from proxy.forwarding import UpstreamFailure, is_trusted, upstream_headers, upstream_ssl_context
 from proxy.http1 import RequestHead, serialize_fields, serialize_head
 from proxy.model import Upstream
-from proxy.policy import Decision, apply_edits
+from proxy.policy import Decision, EditResult, apply_edits
+from proxy.upstream import MAX_RESPONSE_HEAD, UpstreamConnectError, connecting
 
 if TYPE_CHECKING:
-    from proxy.exchange import Outcome
     from proxy.server import ServingState
 
 PIPE_CHUNK = 64 * 1024
@@ -24,30 +26,28 @@ PIPE_CHUNK = 64 * 1024
 
 async def open_tunnel(
     state: "ServingState", conn: ClientConnection, head: RequestHead, upstream: Upstream, decision: Decision, scheme: str
-) -> "Outcome":
-    from proxy.exchange import Outcome, answer
+) -> tuple[int, EditResult]:
+    """Forward the handshake and pipe the connection; the status sent and the header edits made.
 
+    Raises UpstreamFailure, before anything reached the client, when the upstream cannot be
+    reached or gives no valid response head in time.
+    """
     settings = state.config.proxy
     headers = upstream_headers(head, settings, upstream, conn.peer_ip, scheme, is_trusted(conn.peer_ip, settings.trusted_proxies))
     headers += [("Connection", "Upgrade"), ("Upgrade", next(v for n, v in head.headers if n.lower() == "upgrade"))]
     request = f"{head.method} {head.target} HTTP/1.1\r\n".encode("latin-1") + serialize_fields(headers)
+    tls = upstream_ssl_context(settings) if upstream.tls else None
     try:
-        reader, writer = await _connect(upstream, settings)
-    except UpstreamFailure as failure:
-        state.log.warning("upstream_error", upstream=upstream.url, reason=failure.reason, detail=failure.detail,
-                          method=head.method, path=head.path)
-        return answer(conn, decision, failure.status, f"{failure.status} {failure.reason}", False)
+        async with connecting(settings.connect_timeout):
+            reader, writer = await asyncio.open_connection(
+                upstream.host, upstream.port, ssl=tls, server_hostname=upstream.host if tls else None,
+                limit=MAX_RESPONSE_HEAD,
+            )
+    except UpstreamConnectError as failure:
+        raise UpstreamFailure(failure.status, failure.reason, failure.detail) from failure
     try:
         writer.write(request)
-        try:
-            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), settings.read_timeout)
-            status, reason, response_headers = _parse_response_head(raw)
-        except (asyncio.TimeoutError, TimeoutError):
-            return answer(conn, decision, 504, "504 upstream-response-timeout", False)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError) as failure:
-            state.log.warning("upstream_error", upstream=upstream.url, reason="upstream-invalid-response",
-                              detail=str(failure), method=head.method, path=head.path)
-            return answer(conn, decision, 502, "502 upstream-invalid-response", False)
+        status, response_headers = await _response_head(reader, settings.read_timeout)
         kept = [(n, v) for n, v in response_headers if n.lower() not in ("connection", "upgrade")]
         edited = apply_edits(decision.edits, kept)
         out = edited.headers
@@ -55,40 +55,43 @@ async def open_tunnel(
             out += [("Connection", "Upgrade"), ("Upgrade", next((v for n, v in response_headers if n.lower() == "upgrade"), "websocket"))]
         else:
             out.append(("Connection", "close"))
-        conn.write(serialize_head(status, out, reason))
+        conn.write(serialize_head(status, out))
         conn.piping = status == 101
         await _pipe(conn, reader, writer, upgraded=conn.piping)
-        return Outcome(status, status, edited.set_names, edited.removed_names)
+        return status, edited
     finally:
         writer.close()
 
 
-async def _connect(upstream: Upstream, settings) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    tls = upstream_ssl_context(settings) if upstream.tls else None
+class _HeadFields:
+    """httptools callbacks that keep the header fields of a response head."""
+
+    def __init__(self) -> None:
+        self.fields: list[tuple[str, str]] = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name.decode("latin-1"), value.decode("latin-1")))
+
+
+async def _response_head(reader: asyncio.StreamReader, read_timeout: float) -> tuple[int, list[tuple[str, str]]]:
+    """The upstream's response head, parsed by llhttp as for every other response."""
     try:
-        return await asyncio.wait_for(
-            asyncio.open_connection(upstream.host, upstream.port, ssl=tls, limit=MAX_RESPONSE_HEAD),
-            settings.connect_timeout,
-        )
-    except (asyncio.TimeoutError, TimeoutError) as failure:
-        raise UpstreamFailure(504, "upstream-connect-timeout") from failure
-    except OSError as failure:
-        raise UpstreamFailure(502, "upstream-unreachable", str(failure)) from failure
-
-
-def _parse_response_head(raw: bytes) -> tuple[int, str, list[tuple[str, str]]]:
-    lines = raw[:-4].decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or not code.isdigit() or len(code) != 3:
-        raise ValueError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-    headers = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip():
-            raise ValueError(f"malformed header line: {line[:80]!r}")
-        headers.append((name, value.strip(" \t")))
-    return int(code), reason, headers
+        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), read_timeout)
+    except TimeoutError as failure:
+        raise UpstreamFailure(504, "upstream-response-timeout", f"no response head within {read_timeout} s") from failure
+    except asyncio.LimitOverrunError as failure:
+        raise UpstreamFailure(502, "upstream-head-too-large", f"response head over {MAX_RESPONSE_HEAD} bytes") from failure
+    except (asyncio.IncompleteReadError, ConnectionError) as failure:
+        raise UpstreamFailure(502, "upstream-closed-without-response", str(failure)) from failure
+    head = _HeadFields()
+    parser = httptools.HttpResponseParser(head)
+    try:
+        parser.feed_data(raw)
+    except httptools.HttpParserUpgrade:
+        pass  # a 101 ends the HTTP part of the connection
+    except httptools.HttpParserError as failure:
+        raise UpstreamFailure(502, "upstream-invalid-response", str(failure)) from failure
+    return parser.get_status_code(), head.fields
 
 
 async def _pipe(conn: ClientConnection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upgraded: bool) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ssl
 from typing import AsyncIterator
 
@@ -208,6 +209,24 @@ class UpstreamConnection(asyncio.Protocol):
         return self.complete and self.keep_alive and not self.closed and self.error is None
 
 
+@contextlib.asynccontextmanager
+async def connecting(timeout: float) -> AsyncIterator[None]:
+    """Bound a connection attempt to the upstream and name its failure for the log."""
+    try:
+        async with asyncio.timeout(timeout):
+            yield
+    except TimeoutError as error:
+        raise UpstreamConnectError(504, "upstream-connect-timeout", f"no connection within {timeout} s") from error
+    except ssl.SSLCertVerificationError as error:
+        raise UpstreamConnectError(
+            502, "upstream-tls-verification-failed", f"certificate verify failed: {error.verify_message}"
+        ) from error
+    except ssl.SSLError as error:
+        raise UpstreamConnectError(502, "upstream-tls-error", str(error)) from error
+    except OSError as error:
+        raise UpstreamConnectError(502, "upstream-unreachable", error.strerror or str(error)) from error
+
+
 class ConnectionPool:
     """Idle keep-alive connections per (scheme, host, port); newest first."""
 
@@ -229,24 +248,11 @@ class ConnectionPool:
 
     async def connect(self, key: tuple) -> UpstreamConnection:
         scheme, host, port = key
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(key), host, port,
-                    ssl=self._tls if scheme == "https" else None,
-                    server_hostname=host if scheme == "https" else None,
-                )
-        except TimeoutError as error:
-            raise UpstreamConnectError(504, "upstream-connect-timeout", f"no connection within {self._connect_timeout} s") from error
-        except ssl.SSLCertVerificationError as error:
-            raise UpstreamConnectError(
-                502, "upstream-tls-verification-failed", f"certificate verify failed: {error.verify_message}"
-            ) from error
-        except ssl.SSLError as error:
-            raise UpstreamConnectError(502, "upstream-tls-error", str(error)) from error
-        except OSError as error:
-            raise UpstreamConnectError(502, "upstream-unreachable", error.strerror or str(error)) from error
+        tls = self._tls if scheme == "https" else None
+        async with connecting(self._connect_timeout):
+            _, conn = await asyncio.get_running_loop().create_connection(
+                lambda: UpstreamConnection(key), host, port, ssl=tls, server_hostname=host if tls else None
+            )
         return conn
 
     def give_back(self, conn: UpstreamConnection) -> None:

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from harness import Aborted, Reader, answer_with, config_text, exchange, free_port, get, request_bytes
+from harness import Aborted, Reader, answer_with, config_text, exchange, free_port, get, request_bytes, websocket_handshake
 
 REQUEST_FIELDS = {
     "event", "timestamp", "level", "route", "method", "path", "origin", "cors", "reason",
@@ -588,3 +588,43 @@ def test_a_1_gib_response_body_streams_with_flat_memory(proxy, upstream):
     assert (head.status, head.value("content-length")) == (200, str(GIB))
     assert (size, crc) == (GIB, stream_crc())
     assert rss.samples > 10 and rss.peak_kib < RSS_LIMIT_KIB
+
+
+async def _silent(reader, writer, head):
+    await reader.read()  # reads the handshake, never answers
+
+
+@pytest.mark.parametrize(
+    "upstream_kind, status, reason",
+    [("closed-port", 502, "upstream-unreachable"), ("silent", 504, "upstream-response-timeout"),
+     ("not-http", 502, "upstream-invalid-response")],
+)
+def test_websocket_handshake_the_upstream_cannot_answer(coxp, raw_upstream, upstream_kind, status, reason):
+    url = {
+        "closed-port": lambda: f"http://127.0.0.1:{free_port()}",
+        "silent": lambda: raw_upstream(_silent).url,
+        "not-http": lambda: raw_upstream(answer_with(b"SSH-2.0-OpenSSH\r\n\r\n")).url,
+    }[upstream_kind]()
+    proxy = coxp(config_text(url, {"read_timeout": 0.5}))
+    answered, headers, sock = websocket_handshake(proxy.address[1], "/ws")
+    sock.close()
+    assert answered == status
+    assert proxy.wait_event("upstream_error")["reason"] == reason
+    request = proxy.wait_event("request")
+    assert (request["status"], request["upstream_status"]) == (status, None)
+
+
+def test_websocket_handshake_refused_by_the_upstream_is_relayed_and_closed(coxp, raw_upstream):
+    refusal = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\nX-Why: no\r\n\r\nnope"
+    proxy = coxp(config_text(raw_upstream(answer_with(refusal)).url))
+    upgrade = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+               ("Sec-WebSocket-Version", "13")]
+    with proxy.connect() as sock:
+        sock.sendall(request_bytes("GET", "/ws", upgrade))
+        reader = Reader(sock)
+        head = reader.head()
+        rest = reader.rest()
+    assert head.status == 403
+    assert head.value("x-why") == "no" and head.value("connection") == "close"
+    assert rest == b"nope"
+    assert proxy.wait_event("request")["status"] == 403
