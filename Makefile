@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test test-browser bench chromium clean
+.PHONY: demo test test-browser bench sysdeps clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,14 +15,15 @@ $(INSTALLED): pyproject.toml
 demo: $(INSTALLED)
 	$(BIN)/coxp demo
 
-# The browser suite drives Debian's chromium; Playwright's own browser download cannot work here.
-chromium:
-	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+# Real peers the tests use (Debian's chromium for the browser suite, real servers as upstreams),
+# listed in .ci/apt-packages.txt; Playwright's own browser download cannot work here.
+sysdeps:
+	@bash .ci/sysdeps
 
-test: $(INSTALLED) chromium
+test: $(INSTALLED) sysdeps
 	$(BIN)/python -m pytest -q
 
-test-browser: $(INSTALLED) chromium
+test-browser: $(INSTALLED) sysdeps
 	$(BIN)/python -m pytest -q -m browser
 
 bench: $(INSTALLED)

@@ -499,7 +499,7 @@ def chromium_args(tls: TLS) -> list[str]:
 @pytest.fixture(scope="session")
 def browser(tls):
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} not found: run `make chromium` (apt-get install -y chromium)")
+        pytest.skip(f"{CHROMIUM} not found: run `make sysdeps` (apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
