@@ -10,9 +10,8 @@ import re
 from dataclasses import dataclass
 
 from proxy.model import Limits
+from proxy.standards import TOKEN, TOKEN_BYTES_RE
 
-# RFC 9110 §5.6.2: token = 1*tchar
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 9112 §3.2: the request target must not contain whitespace or control characters;
 # obs-text (0x80-0xff) is refused too, so what we forward is exactly what every parser agrees on.
 _TARGET = re.compile(rb"[\x21-\x7e]+")
@@ -24,10 +23,10 @@ _BAD_VALUE_CHAR = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # block of well-formed field lines, each `token ":" OWS value OWS CRLF`, whose values hold
 # VCHAR, obs-text, SP and HTAB (other control characters are caught by _BAD_BLOCK_CHAR).
 # Anything else goes to the line-by-line parser, which names the fault.
-_REQUEST_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (/[\x21\x22\x24-\x7e]*) HTTP/1\.([01])")
-_FIELD_BLOCK = re.compile(r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*\r\n)*")
+_REQUEST_LINE = re.compile(rf"({TOKEN}) (/[\x21\x22\x24-\x7e]*) HTTP/1\.([01])")
+_FIELD_BLOCK = re.compile(rf"(?:{TOKEN}:[^\r\n]*\r\n)*")
 _BAD_BLOCK_CHAR = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_FIELD_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\r\n]*?)[ \t]*\r\n")
+_FIELD_LINE = re.compile(rf"({TOKEN}):[ \t]*([^\r\n]*?)[ \t]*\r\n")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(;[^\r\n]*)?")
 
 # RFC 9110 §7.6.1 plus the legacy names proxies must not forward either.
@@ -182,7 +181,7 @@ def _parse_request_line(line: bytes) -> tuple[str, str, int]:
     if len(parts) != 3:
         raise BadRequest(400, "malformed-request-line")
     method, target, version = parts
-    if not _TOKEN.fullmatch(method):
+    if not TOKEN_BYTES_RE.fullmatch(method):
         raise BadRequest(400, "malformed-method")
     match = _VERSION.fullmatch(version)
     if match is None:
@@ -202,7 +201,7 @@ def _parse_field_line(line: bytes) -> tuple[str, str]:
         # RFC 9112 §5.2: obs-fold is refused rather than unfolded.
         raise BadRequest(400, "obsolete-line-folding")
     name, colon, value = line.partition(b":")
-    if not colon or not _TOKEN.fullmatch(name):
+    if not colon or not TOKEN_BYTES_RE.fullmatch(name):
         raise BadRequest(400, "malformed-header-field")
     value = value.strip(b" \t")
     if _BAD_VALUE_CHAR.search(value):

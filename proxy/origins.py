@@ -40,6 +40,7 @@ import re
 from typing import Final
 
 from proxy.model import OriginMatcher
+from proxy.standards import DEFAULT_PORTS, is_loopback_host
 
 __all__ = [
     "ALLOWED_SCHEMES",
@@ -51,7 +52,6 @@ __all__ = [
 
 Problem = tuple[str, str]  # (subkey, message), e.g. ("allow_origins[0]", "...")
 
-DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 EXTENSION_SCHEMES: Final = frozenset({"chrome-extension", "moz-extension", "safari-web-extension"})
 ALLOWED_SCHEMES: Final = frozenset(DEFAULT_PORTS) | EXTENSION_SCHEMES
 
@@ -236,13 +236,7 @@ class _Pattern:
     def is_loopback(self) -> bool:
         """localhost, *.localhost, 127.0.0.0/8 and [::1]: trustworthy even over http
         (Secure Contexts §3.2, "potentially trustworthy origin")."""
-        host = self.host
-        if host == "localhost" or host.endswith(".localhost"):
-            return True
-        try:
-            return ipaddress.ip_address(host.strip("[]")).is_loopback
-        except ValueError:
-            return False
+        return is_loopback_host(self.host)
 
 
 def _parse_pattern(raw: str) -> _Pattern:

@@ -13,16 +13,17 @@ The request path follows the Fetch standard's steps in order:
    (`set`/`default`/`remove`/`pass`) to a header list and merges `Vary`.
 
 Everything that depends only on the configuration (header tuples, edits, Vary tokens) is
-computed once per `Policies` object and cached on it (`Policies.compiled`), so a request costs
-a few lookups and, for an allowed CORS request, one small tuple with the echoed values.
+computed once per route by `compile_policies` when the config is loaded (`Route.compiled`), so a
+request costs a few lookups and, for an allowed CORS request, one small tuple with the echoed
+values.
 """
 from __future__ import annotations
 
-import re
 from typing import Final, Literal, NamedTuple
 
-from proxy.model import CorsPolicy, HeaderPolicy, Mode, Policies, Route
+from proxy.model import CompiledPolicies, CorsPolicy, Header, HeaderPolicy, Policies, PolicyEdit, Route
 from proxy.origins import normalize_origin
+from proxy.standards import OWS, SAFELISTED_METHODS, TOKEN_RE
 
 __all__ = [
     "Decision",
@@ -39,14 +40,7 @@ __all__ = [
 ]
 
 Kind = Literal["off", "not-cors", "same-origin", "preflight", "actual"]
-Header = tuple[str, str]
 
-# Fetch §4.9 step 7.5: these never need listing in Access-Control-Allow-Methods (CORS-safelisted
-# methods). Compared case-sensitively, as Fetch compares the ACRM value byte for byte.
-SAFELISTED_METHODS: Final = frozenset({"GET", "HEAD", "POST"})
-# RFC 9110 §5.6.2 token: a method (§9.1) and a header name (§5.1) are both tokens.
-_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_OWS: Final = " \t"  # RFC 9110 §5.6.3 optional whitespace
 
 # The headers CORS owns on an actual response (CONTRACT §3), as an exact set plus a prefix.
 CORS_OWNED: Final = frozenset({"access-control-expose-headers", "access-control-max-age"})
@@ -104,22 +98,6 @@ class ProxyAnswer(NamedTuple):
     body: str
 
 
-class PolicyEdit(NamedTuple):
-    """What one policy table does to a response: data, applied only by `apply_edits`."""
-
-    table: str  # "cors" | "corp" | "coop" | "coep" | "reporting"
-    mode: Mode
-    owned: frozenset[str]  # lower-case names the table owns (removed in set/remove)
-    owned_prefix: str | None  # and every name starting with this (CORS)
-    trigger: frozenset[str]  # `default` mode keeps the upstream's when any of these is present
-    headers: tuple[Header, ...] = ()  # written in set/default mode
-    vary: tuple[str, ...] = ()  # tokens merged into Vary in set/default mode
-
-    def owns(self, name: str) -> bool:
-        """`name` lower-case."""
-        return name in self.owned or (self.owned_prefix is not None and name.startswith(self.owned_prefix))
-
-
 class Decision(NamedTuple):
     """The outcome of `decide`, for the server, `explain` and the decision log."""
 
@@ -154,13 +132,13 @@ def request_info(method: str, headers: list[Header], scheme: str, host: str | No
             continue
         lower = name.lower()
         if lower == "origin":
-            origins.append(value.strip(_OWS))
+            origins.append(value.strip(OWS))
         elif lower == "access-control-request-method":
-            acrm.append(value.strip(_OWS))
+            acrm.append(value.strip(OWS))
         elif lower == "access-control-request-headers":
-            acrh.append(value.strip(_OWS))
+            acrh.append(value.strip(OWS))
         elif lower == "access-control-request-private-network":
-            pna = pna or value.strip(_OWS).lower() == "true"
+            pna = pna or value.strip(OWS).lower() == "true"
     own = None
     if origins and host:
         own = normalize_origin(f"{scheme.lower()}://{host}")
@@ -185,7 +163,7 @@ def routing_method(info: RequestInfo) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Precomputation (once per Policies object)
+# Precomputation (once per route, at load)
 
 
 def _edit_for(policy: HeaderPolicy) -> PolicyEdit:
@@ -193,61 +171,46 @@ def _edit_for(policy: HeaderPolicy) -> PolicyEdit:
     return PolicyEdit(policy.table, policy.mode, policy.owned, None, policy.owned, policy.headers)
 
 
-class _Compiled:
-    """The fixed parts of a route's decisions, built once per `Policies`."""
-
-    __slots__ = (
-        "cors", "header_edits", "off", "plain", "star_actual", "actual_tail", "cors_mode",
-        "preflight_denied", "preflight_vary", "credentials",
+def compile_policies(policies: Policies) -> CompiledPolicies:
+    """The fixed parts of the decisions on a route with `policies`; `proxy.config` calls it
+    once per route when the config is loaded."""
+    header_edits = tuple(_edit_for(p) for p in policies.header_policies)
+    cors = policies.cors
+    if cors is None or cors.mode in ("remove", "pass"):
+        extra = () if cors is None else (
+            PolicyEdit("cors", cors.mode, CORS_OWNED, CORS_PREFIX, frozenset({_ACAO})),
+        )
+        return CompiledPolicies(
+            cors=None, header_edits=header_edits, off=extra + header_edits, plain=header_edits,
+            star_actual=None, actual_tail=(), cors_template=None, preflight_template=None,
+            preflight_denied=header_edits,
+        )
+    star = cors.origins.allows_any
+    tail: list[Header] = []
+    if cors.allow_credentials:
+        tail.append(ACAC)
+    if cors.expose_headers_value:
+        tail.append(("Access-Control-Expose-Headers", cors.expose_headers_value))
+    actual_tail = tuple(tail)
+    # "*" origins (credentials are then off): every response gets `*`, and varies not.
+    cors_template = PolicyEdit("cors", cors.mode, CORS_OWNED, CORS_PREFIX, frozenset({_ACAO}),
+                               (), () if star else VARY_ORIGIN)
+    preflight_template = PolicyEdit("cors", cors.mode, frozenset(), PREFLIGHT_PREFIX, frozenset({_ACAO}),
+                                    (), VARY_PREFLIGHT_ANY_ORIGIN if star else VARY_PREFLIGHT)
+    star_actual = _with_headers(cors_template, ((ACAO, "*"), *actual_tail), header_edits) if star else None
+    return CompiledPolicies(
+        cors=cors, header_edits=header_edits, off=header_edits,
+        plain=star_actual if star_actual is not None else _with_headers(cors_template, (), header_edits),
+        star_actual=star_actual, actual_tail=actual_tail, cors_template=cors_template,
+        preflight_template=preflight_template,
+        preflight_denied=_with_headers(preflight_template, (), header_edits),
     )
 
-    def __init__(self, policies: Policies) -> None:
-        self.header_edits = tuple(_edit_for(p) for p in policies.header_policies)
-        cors = policies.cors
-        self.cors = cors
-        if cors is None or cors.mode in ("remove", "pass"):
-            self.cors = None
-            extra = () if cors is None else (
-                PolicyEdit("cors", cors.mode, CORS_OWNED, CORS_PREFIX, frozenset({_ACAO})),
-            )
-            self.off = extra + self.header_edits
-            return
-        self.cors_mode = cors.mode
-        star = cors.origins.allows_any
-        self.credentials = cors.allow_credentials
-        tail: list[Header] = []
-        if cors.allow_credentials:
-            tail.append(ACAC)
-        if cors.expose_headers_value:
-            tail.append(("Access-Control-Expose-Headers", cors.expose_headers_value))
-        self.actual_tail = tuple(tail)
-        # "*" origins (credentials are then off): every response gets `*`, and varies not.
-        self.star_actual = self.actual_edits((ACAO, "*"), *self.actual_tail) if star else None
-        self.plain = self.star_actual if star else self.actual_edits()
-        self.preflight_vary = VARY_PREFLIGHT_ANY_ORIGIN if star else VARY_PREFLIGHT
-        self.preflight_denied = self.preflight_edits()
 
-    def actual_edits(self, *headers: Header) -> tuple[PolicyEdit, ...]:
-        vary = () if self.cors.origins.allows_any else VARY_ORIGIN  # type: ignore[union-attr]
-        edit = PolicyEdit("cors", self.cors_mode, CORS_OWNED, CORS_PREFIX, frozenset({_ACAO}), headers, vary)
-        return (edit,) + self.header_edits
-
-    def preflight_edits(self, *headers: Header) -> tuple[PolicyEdit, ...]:
-        edit = PolicyEdit("cors", self.cors_mode, frozenset(), PREFLIGHT_PREFIX, frozenset({_ACAO}),
-                          headers, self.preflight_vary)
-        return (edit,) + self.header_edits
-
-
-def compile_policies(policies: Policies) -> _Compiled:
-    """The precomputed edits of `policies`, built on first use and cached on the object.
-
-    `proxy.config` may call it at load time so the first request does not pay for it.
-    """
-    compiled = policies.compiled
-    if compiled is None:
-        compiled = _Compiled(policies)
-        object.__setattr__(policies, "compiled", compiled)  # a cache, not config: see model.py
-    return compiled
+def _with_headers(template: PolicyEdit, headers: tuple[Header, ...], rest: tuple[PolicyEdit, ...]) -> tuple[PolicyEdit, ...]:
+    """The CORS edit `template` writing `headers`, followed by the header tables' edits."""
+    t = template
+    return (PolicyEdit(t.table, t.mode, t.owned, t.owned_prefix, t.trigger, headers, t.vary),) + rest
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,7 +223,7 @@ def decide(route: Route, info: RequestInfo, websocket: bool = False) -> Decision
     `websocket=True`: CORS headers are not applied to the handshake's `101` (CONTRACT §4), but
     the CORS check still runs for the log and for `enforce`.
     """
-    c = compile_policies(route.policies)
+    c = route.compiled
     cors = c.cors
     if cors is None:  # no CORS table, or remove/pass: the proxy does no CORS
         return Decision(route.name, "off", "off", None, info.origin, None, c.off)
@@ -274,7 +237,7 @@ def decide(route: Route, info: RequestInfo, websocket: bool = False) -> Decision
     return _actual(route, c, cors, info, websocket)
 
 
-def _plain(route: Route, c: _Compiled, info: RequestInfo, kind: Kind, websocket: bool) -> Decision:
+def _plain(route: Route, c: CompiledPolicies, info: RequestInfo, kind: Kind, websocket: bool) -> Decision:
     """not-cors / same-origin: no ACAO unless the route's origins are `*` (CONTRACT §6)."""
     edits = c.header_edits if websocket else c.plain
     return Decision(route.name, kind, kind, None, info.origin, None, edits)
@@ -291,7 +254,7 @@ def _origin_allowed(cors: CorsPolicy, info: RequestInfo) -> bool:
     return info.origin_lines == 1 and matcher.matches(info.origin)  # type: ignore[arg-type]
 
 
-def _allow_origin(c: _Compiled, origin: str) -> tuple[Header, ...]:
+def _allow_origin(c: CompiledPolicies, origin: str) -> tuple[Header, ...]:
     """ACAO and its companions for an allowed origin; `*` when the origins are `*` and
     credentials off (Fetch §3.2.3: `*` never works with credentials), else the exact bytes
     the request sent, as the CORS check compares them byte for byte (Fetch §4.10 step 4)."""
@@ -300,7 +263,7 @@ def _allow_origin(c: _Compiled, origin: str) -> tuple[Header, ...]:
     return ((ACAO, origin),) + c.actual_tail
 
 
-def _actual(route: Route, c: _Compiled, cors: CorsPolicy, info: RequestInfo, websocket: bool) -> Decision:
+def _actual(route: Route, c: CompiledPolicies, cors: CorsPolicy, info: RequestInfo, websocket: bool) -> Decision:
     """An actual CORS request: allowed origins get ACAO (+ credentials, expose)."""
     origin = info.origin
     if _origin_allowed(cors, info):
@@ -309,7 +272,7 @@ def _actual(route: Route, c: _Compiled, cors: CorsPolicy, info: RequestInfo, web
         elif c.star_actual is not None:
             edits = c.star_actual
         else:
-            edits = c.actual_edits(*_allow_origin(c, origin))  # type: ignore[arg-type]
+            edits = _with_headers(c.cors_template, _allow_origin(c, origin), c.header_edits)  # type: ignore[arg-type]
         return Decision(route.name, "actual", "allowed", None, origin, None, edits)
     # CORS does not stop a request, it hides the answer from the page: without `enforce` the
     # request is forwarded and its response simply carries no CORS headers.
@@ -322,7 +285,7 @@ def _method_allowed(cors: CorsPolicy, info: RequestInfo) -> bool:
     """Fetch §4.9 steps 7.3, 7.5: the requested method must be one token, safelisted or listed
     (case-sensitive). Two ACRM lines, or `GET, DELETE`, are not one method."""
     method = info.request_method
-    if info.request_method_lines != 1 or not _TOKEN.fullmatch(method):  # type: ignore[arg-type]
+    if info.request_method_lines != 1 or not TOKEN_RE.fullmatch(method):  # type: ignore[arg-type]
         return False
     return method in SAFELISTED_METHODS or cors.any_method or method in cors.allow_methods
 
@@ -334,10 +297,10 @@ def _requested_headers(info: RequestInfo) -> list[str] | None:
         return []
     names = []
     for element in info.request_headers.split(","):
-        element = element.strip(_OWS)
+        element = element.strip(OWS)
         if not element:
             continue
-        if not _TOKEN.fullmatch(element):
+        if not TOKEN_RE.fullmatch(element):
             return None
         names.append(element)
     return names
@@ -355,7 +318,7 @@ def _headers_allowed(cors: CorsPolicy, names: list[str] | None) -> bool:
     return all(name.lower() in allowed for name in names)
 
 
-def _preflight(route: Route, c: _Compiled, cors: CorsPolicy, info: RequestInfo) -> Decision:
+def _preflight(route: Route, c: CompiledPolicies, cors: CorsPolicy, info: RequestInfo) -> Decision:
     """A preflight: CORS check, then method, then headers, then Private Network Access."""
     origin = info.origin
     reason = None
@@ -379,7 +342,7 @@ def _preflight(route: Route, c: _Compiled, cors: CorsPolicy, info: RequestInfo) 
         return Decision(route.name, "preflight", "preflight-denied", reason, origin, answer, c.preflight_denied)
 
     headers: list[Header] = [(ACAO, "*" if c.star_actual is not None else origin)]  # type: ignore[list-item]
-    if c.credentials:
+    if cors.allow_credentials:
         headers.append(ACAC)
     if cors.any_method:
         headers.append(("Access-Control-Allow-Methods", info.request_method))  # type: ignore[arg-type]
@@ -399,7 +362,8 @@ def _preflight(route: Route, c: _Compiled, cors: CorsPolicy, info: RequestInfo) 
     if info.private_network:
         headers.append(ACAPN)
     answer = None if forwarded else ProxyAnswer(204, "")
-    return Decision(route.name, "preflight", "preflight-allowed", None, origin, answer, c.preflight_edits(*headers))
+    edits = _with_headers(c.preflight_template, tuple(headers), c.header_edits)  # type: ignore[arg-type]
+    return Decision(route.name, "preflight", "preflight-allowed", None, origin, answer, edits)
 
 
 # --------------------------------------------------------------------------------------------
@@ -470,7 +434,7 @@ def _merge_vary(headers: list[Header], positions: list[int], tokens: list[str]) 
     """
     existing: list[str] = []
     for i in positions:
-        existing.extend(t for t in (e.strip(_OWS) for e in headers[i][1].split(",")) if t)
+        existing.extend(t for t in (e.strip(OWS) for e in headers[i][1].split(",")) if t)
     seen = {t.lower() for t in existing}
     if "*" in seen:
         return False

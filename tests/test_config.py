@@ -10,7 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy import config as config_module
+from proxy.config import cors as cors_module
+from proxy.config import policies as policies_module
+from proxy.config import sections as sections_module
 from proxy.config import load_config, load_config_text, summarize
 from proxy.errors import ConfigError
 from proxy.model import Limits
@@ -65,9 +67,9 @@ def test_demo_config_has_the_documented_routes():
     assert by_name["api"].paths == ("/api/*",)
     assert by_name["api"].policies.cors.origins.matches("http://localhost:5173")
     assert by_name["api"].policies.cors.origins.matches("http://127.0.0.1:9")
-    assert by_name["isolated"].policies.coop.headers == (("Cross-Origin-Opener-Policy", "same-origin"),)
-    assert by_name["isolated"].policies.coep.headers == (("Cross-Origin-Embedder-Policy", "require-corp"),)
-    assert by_name["assets"].policies.corp.headers == (("Cross-Origin-Resource-Policy", "cross-origin"),)
+    assert by_name["isolated"].policies.header_policy("coop").headers == (("Cross-Origin-Opener-Policy", "same-origin"),)
+    assert by_name["isolated"].policies.header_policy("coep").headers == (("Cross-Origin-Embedder-Policy", "require-corp"),)
+    assert by_name["assets"].policies.header_policy("corp").headers == (("Cross-Origin-Resource-Policy", "cross-origin"),)
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,10 +313,10 @@ def test_routes_inherit_missing_tables_from_defaults_and_default_route_is_defaul
     """)
     inherits, own, opted_out = config.routes
     defaults = config.default_route.policies
-    assert inherits.policies.coop is defaults.coop and inherits.policies.cors is defaults.cors
-    assert own.policies.coop.headers == (("Cross-Origin-Opener-Policy", "unsafe-none"),)
+    assert inherits.policies.header_policy("coop") is defaults.header_policy("coop") and inherits.policies.cors is defaults.cors
+    assert own.policies.header_policy("coop").headers == (("Cross-Origin-Opener-Policy", "unsafe-none"),)
     assert own.policies.cors is defaults.cors
-    assert (opted_out.policies.coop.mode, opted_out.policies.coop.headers) == ("pass", ())
+    assert (opted_out.policies.header_policy("coop").mode, opted_out.policies.header_policy("coop").headers) == ("pass", ())
     assert opted_out.policies.cors.mode == "remove"
     assert config.effective["routes"][0]["coop"] == {"mode": "set", "policy": "same-origin", "report_to": None, "report_only": False}
     json.dumps(config.effective)  # the admin /config view is plain JSON
@@ -335,8 +337,8 @@ def test_remove_and_pass_tables_need_no_policy_keys():
     """)
     policies = load(text).routes[0].policies
     assert policies.cors.mode == "pass"
-    assert policies.corp.owned == frozenset({"cross-origin-resource-policy"})
-    assert policies.reporting.owned == frozenset({"reporting-endpoints"})
+    assert policies.header_policy("corp").owned == frozenset({"cross-origin-resource-policy"})
+    assert policies.header_policy("reporting").owned == frozenset({"reporting-endpoints"})
     assert [p.headers for p in policies.header_policies] == [(), (), (), ()]
 
 
@@ -430,8 +432,8 @@ def test_header_policy_values(table, name, value):
 
 def test_coop_and_coep_own_both_their_headers():
     policies = load(route('[routes.coop]\npolicy = "same-origin"\n[routes.coep]\npolicy = "require-corp"\n')).routes[0].policies
-    assert policies.coop.owned == frozenset({"cross-origin-opener-policy", "cross-origin-opener-policy-report-only"})
-    assert policies.coep.owned == frozenset({"cross-origin-embedder-policy", "cross-origin-embedder-policy-report-only"})
+    assert policies.header_policy("coop").owned == frozenset({"cross-origin-opener-policy", "cross-origin-opener-policy-report-only"})
+    assert policies.header_policy("coep").owned == frozenset({"cross-origin-embedder-policy", "cross-origin-embedder-policy-report-only"})
 
 
 def test_route_matchers_are_compiled_and_methods_normalised():
@@ -524,6 +526,30 @@ def test_loopback_http_origins_with_credentials_are_fine():
     assert load(cors('allow_origins = ["http://localhost:*", "http://127.0.0.1:3000"]\nallow_credentials = true\n')).warnings == ()
 
 
+# Secure Contexts: only localhost names and loopback addresses are trustworthy over http. Both
+# places that ask (credentialed origins, report endpoints) answer alike; `127.evil.test` is a
+# DNS name anyone can register, not 127.0.0.0/8.
+LOOPBACK_HOSTS = ["localhost", "app.localhost", "127.0.0.1", "127.1.2.3", "[::1]"]
+NOT_LOOPBACK_HOSTS = ["127.evil.test", "localhost.evil.test", "128.0.0.1", "[::2]", "evil-localhost"]
+
+
+def _http_warnings(host: str) -> tuple[bool, bool]:
+    """(credentialed origin warned, report endpoint warned) for `http://host`."""
+    credentialed = load(cors(f'allow_origins = ["http://{host}"]\nallow_credentials = true\n')).warnings
+    report = load(route(f'[routes.reporting]\nendpoints = {{ default = "http://{host}/r" }}\n')).warnings
+    return any("use https" in w for w in credentialed), any("is not https" in w for w in report)
+
+
+@pytest.mark.parametrize("host", LOOPBACK_HOSTS)
+def test_loopback_hosts_are_trusted_over_http_everywhere(host):
+    assert _http_warnings(host) == (False, False)
+
+
+@pytest.mark.parametrize("host", NOT_LOOPBACK_HOSTS)
+def test_names_that_only_look_loopback_are_warned_about_everywhere(host):
+    assert _http_warnings(host) == (True, True)
+
+
 # --------------------------------------------------------------------------------------------
 # Summary
 
@@ -558,8 +584,9 @@ def test_summary_is_one_line_per_route_then_default():
 
 
 KEYS = sorted({
-    *config_module.TOP_KEYS, *config_module.PROXY_KEYS, *config_module.LOG_KEYS, *config_module.LIMIT_KEYS,
-    *config_module.ROUTE_KEYS, *config_module.CORS_KEYS, *config_module.COOP_COEP_KEYS, "endpoints", "x-a",
+    *sections_module.TOP_KEYS, *sections_module.PROXY_KEYS, *sections_module.LOG_KEYS, *sections_module.LIMIT_KEYS,
+    *sections_module.ROUTE_KEYS, *cors_module.CORS_KEYS, *(key for table in policies_module.HEADER_TABLES for key in table.keys),
+    "endpoints", "x-a",
 })
 STRINGS = st.sampled_from([
     "*", "null", "https://a.test", "http://localhost:*", "https://*.com", "[::1]:0", "127.0.0.1:0",
@@ -574,7 +601,7 @@ VALUES = st.recursive(
 TREES = st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=6)
 ROUTE_TREES = st.fixed_dictionaries({
     "routes": st.lists(st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=6), max_size=3),
-    "defaults": st.dictionaries(st.sampled_from(config_module.POLICY_TABLES), st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=5), max_size=3),
+    "defaults": st.dictionaries(st.sampled_from(sorted(policies_module.POLICY_TABLES)), st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=5), max_size=3),
 })
 
 
