@@ -20,7 +20,7 @@ from proxy.forwarding import (
 )
 from proxy.http1 import BadRequest, RequestHead, no_body_status, serialize_head, text_body
 from proxy.model import Route
-from proxy.policy import Decision, apply_edits, decide, proxy_response_headers, request_info, routing_method
+from proxy.policy import Decision, EditResult, apply_edits, decide, proxy_response_headers, request_info, routing_method
 from proxy.tunnel import open_tunnel
 
 if TYPE_CHECKING:
@@ -41,6 +41,11 @@ class Outcome:
     headers_set: list[str]
     headers_removed: list[str]
 
+    def record(self, upstream_status: int, edited: EditResult) -> None:
+        """The upstream answered `upstream_status`, its head edited as `edited`."""
+        self.upstream_status = upstream_status
+        self.headers_set, self.headers_removed = edited.set_names, edited.removed_names
+
 
 async def exchange(state: "ServingState", conn: ClientConnection, head: RequestHead) -> bool:
     """Serve one request; True when the connection may carry another."""
@@ -55,11 +60,14 @@ async def exchange(state: "ServingState", conn: ClientConnection, head: RequestH
     info = request_info(head.method, head.headers, scheme, host)
     route = state.router.match(head.host, head.path, routing_method(info))
     decision = decide(route, info, websocket=head.websocket)
+    # What the upstream answered, as soon as it did: a client that leaves before the response is
+    # complete is logged 499, with the upstream's status and the edits made to its head.
+    answered = Outcome(CLIENT_CLOSED_REQUEST, None, [], [])
     try:
-        outcome, keep_alive = await _respond(state, conn, head, route, decision, scheme, trusted)
+        outcome, keep_alive = await _respond(state, conn, head, route, decision, scheme, trusted, answered)
     except (ClientGone, asyncio.CancelledError):
         # Still exactly one log line for the request.
-        state.log_request(head, decision, Outcome(CLIENT_CLOSED_REQUEST, None, [], []), started)
+        state.log_request(head, decision, answered, started)
         raise
     state.log_request(head, decision, outcome, started)
     return keep_alive
@@ -73,6 +81,7 @@ async def _respond(
     decision: Decision,
     scheme: str,
     trusted: bool,
+    answered: Outcome,
 ) -> tuple[Outcome, bool]:
     """Answer from the proxy or forward: the outcome, and whether the connection may stay open."""
     config = state.config
@@ -95,11 +104,11 @@ async def _respond(
         return answer(conn, decision, 413, "body-too-large", False), False
     if head.websocket:
         try:
-            status, edited = await open_tunnel(state, conn, head, upstream, decision, scheme)
+            status, edited = await open_tunnel(state, conn, head, upstream, decision, scheme, answered.record)
         except UpstreamFailure as failure:
             return upstream_failed(state, conn, head, upstream, decision, failure), False
         return Outcome(status, status, edited.set_names, edited.removed_names), False
-    return await forward(state, conn, head, upstream, decision, scheme, trusted, keep_alive)
+    return await forward(state, conn, head, upstream, decision, scheme, trusted, keep_alive, answered)
 
 
 def answer(
@@ -138,6 +147,7 @@ async def forward(
     scheme: str,
     trusted: bool,
     keep_alive: bool,
+    answered: Outcome,
 ) -> tuple[Outcome, bool]:
     config = state.config
     headers = upstream_headers(head, config.proxy, upstream, conn.peer_ip, scheme, trusted)
@@ -158,6 +168,7 @@ async def forward(
         edited = apply_edits(decision.edits, response.headers)
         out = edited.headers
         status = response.status
+        answered.record(status, edited)
         no_body = no_body_status(status, head.method)
         # Most responses are whole by the time their head is here: one write, with a length.
         whole = None if no_body else response.buffered_body()

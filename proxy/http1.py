@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from http import HTTPStatus
 
 from proxy.model import Limits
 from proxy.standards import TOKEN, TOKEN_BYTES_RE
@@ -287,16 +288,10 @@ class ChunkedDecoder:
         return line
 
 
-_REASONS = {
-    100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created", 202: "Accepted",
-    204: "No Content", 206: "Partial Content", 301: "Moved Permanently", 302: "Found",
-    303: "See Other", 304: "Not Modified", 307: "Temporary Redirect", 308: "Permanent Redirect",
-    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
-    414: "URI Too Long", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
-    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
-    504: "Gateway Timeout", 505: "HTTP Version Not Supported",
-}
+# RFC 9112 §4: the reason phrase is informational; clients such as browsers show it
+# (`statusText`), so coxp sends the standard phrase for every status Python registers, and for
+# an unregistered status (a backend's `599`) none at all: `HTTP/1.1 599 ` is a valid status line.
+_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode("latin-1") for status in HTTPStatus}
 
 
 def text_body(text: str) -> bytes:
@@ -304,8 +299,9 @@ def text_body(text: str) -> bytes:
     return (text + "\n").encode() if text else b""
 
 
-def status_line(status: int, reason: str | None = None) -> bytes:
-    return f"HTTP/1.1 {status} {reason or _REASONS.get(status, 'Unknown')}\r\n".encode("latin-1")
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d \r\n" % status
 
 
 def serialize_fields(headers: list[tuple[str, str]]) -> bytes:
@@ -313,8 +309,8 @@ def serialize_fields(headers: list[tuple[str, str]]) -> bytes:
     return "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1") + b"\r\n"
 
 
-def serialize_head(status: int, headers: list[tuple[str, str]], reason: str | None = None) -> bytes:
-    return status_line(status, reason) + serialize_fields(headers)
+def serialize_head(status: int, headers: list[tuple[str, str]]) -> bytes:
+    return status_line(status) + serialize_fields(headers)
 
 
 def no_body_status(status: int, method: str) -> bool:

@@ -7,7 +7,7 @@ CORS for WebSockets); `enforce` already refused denied origins before we get her
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import httptools
 
@@ -16,7 +16,7 @@ from proxy.forwarding import UpstreamFailure, is_trusted, upstream_headers, upst
 from proxy.http1 import RequestHead, serialize_fields, serialize_head
 from proxy.model import Upstream
 from proxy.policy import Decision, EditResult, apply_edits
-from proxy.upstream import MAX_RESPONSE_HEAD, UpstreamConnectError, connecting
+from proxy.upstream import MAX_RESPONSE_HEAD, UpstreamConnectError, connecting, repair_head
 
 if TYPE_CHECKING:
     from proxy.server import ServingState
@@ -25,9 +25,16 @@ PIPE_CHUNK = 64 * 1024
 
 
 async def open_tunnel(
-    state: "ServingState", conn: ClientConnection, head: RequestHead, upstream: Upstream, decision: Decision, scheme: str
+    state: "ServingState",
+    conn: ClientConnection,
+    head: RequestHead,
+    upstream: Upstream,
+    decision: Decision,
+    scheme: str,
+    on_answer: Callable[[int, EditResult], None],
 ) -> tuple[int, EditResult]:
-    """Forward the handshake and pipe the connection; the status sent and the header edits made.
+    """Forward the handshake and pipe the connection; the status sent and the header edits made
+    (also given to `on_answer` as soon as the upstream answered).
 
     Raises UpstreamFailure, before anything reached the client, when the upstream cannot be
     reached or gives no valid response head in time.
@@ -50,6 +57,7 @@ async def open_tunnel(
         status, response_headers = await _response_head(reader, settings.read_timeout)
         kept = [(n, v) for n, v in response_headers if n.lower() not in ("connection", "upgrade")]
         edited = apply_edits(decision.edits, kept)
+        on_answer(status, edited)
         out = edited.headers
         if status == 101:
             out += [("Connection", "Upgrade"), ("Upgrade", next((v for n, v in response_headers if n.lower() == "upgrade"), "websocket"))]
@@ -86,7 +94,7 @@ async def _response_head(reader: asyncio.StreamReader, read_timeout: float) -> t
     head = _HeadFields()
     parser = httptools.HttpResponseParser(head)
     try:
-        parser.feed_data(raw)
+        parser.feed_data(repair_head(raw))
     except httptools.HttpParserUpgrade:
         pass  # a 101 ends the HTTP part of the connection
     except httptools.HttpParserError as failure:

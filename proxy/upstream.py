@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
+import re
+import socket
 import ssl
 from typing import AsyncIterator
 
@@ -21,6 +24,32 @@ MAX_RESPONSE_HEAD = 64 * 1024  # a larger upstream response head is refused (502
 HIGH_WATER = 64 * 1024  # pause reading the upstream beyond this many unread body bytes (per connection)
 MAX_IDLE_PER_ORIGIN = 512
 IDLE_SECONDS = 30.0  # kept below the common server keep-alive timeouts (nginx: 75 s)
+# What is read, after a failed write, of a response the upstream sent before it stopped reading.
+EARLY_RESPONSE_LIMIT = 1024 * 1024
+
+# RFC 9112 §5.1: "A proxy MUST remove any such whitespace [between a field name and its colon]
+# from a response message before forwarding the message downstream." llhttp refuses such a
+# head, so a head that fails where a field name meets whitespace is collected whole, repaired
+# and parsed again; every other head is parsed as it arrives.
+_TCHARS = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_SPACE_BEFORE_COLON = re.compile(rb"^(" + _TCHARS + rb")[ \t]+:", re.MULTILINE)
+_NAME_THEN_SPACE = re.compile(rb"\n" + _TCHARS + rb"[ \t]")
+_INTERIM_STATUS_LINE = re.compile(rb"HTTP/1\.[01] 1[0-9][0-9]")
+
+
+def repair_head(head: bytes) -> bytes:
+    """`head` (response heads only, never body bytes) without whitespace before field colons."""
+    return _SPACE_BEFORE_COLON.sub(rb"\1:", head)
+
+
+def _final_head_end(data: bytes | bytearray) -> int:
+    """Where the first non-1xx response head in `data` ends (after its blank line), or -1."""
+    start = 0
+    while (end := data.find(b"\r\n\r\n", start)) >= 0:
+        if not _INTERIM_STATUS_LINE.match(data, start):
+            return end + 4
+        start = end + 4
+    return -1
 
 
 class UpstreamConnectError(Exception):
@@ -47,13 +76,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self._parser: httptools.HttpResponseParser | None = None
         self.ignore_body = False
+        self._repaired = False
+        self._spare: socket.socket | None = None
         self._reset()
 
     def _reset(self) -> None:
         """Fresh per-exchange state; llhttp itself is ready for the next response once one ends,
         except after a HEAD, whose announced body it would still wait for."""
-        if self._parser is None or self.ignore_body:
+        if self._parser is None or self.ignore_body or self._repaired:
             self._parser = httptools.HttpResponseParser(self)
+        self._close_spare()
         self.head_future: asyncio.Future[None] | None = None
         self.status = 0
         self.headers: list[tuple[str, str]] = []
@@ -65,6 +97,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.error: Exception | None = None
         self.received_any = False
         self.ignore_body = False  # HEAD: llhttp cannot be told, so the message ends at its head
+        self._head_pieces: list[bytes] = []  # what was fed before the head was complete
+        self._repairing: bytearray | None = None  # a head collected whole, to be repaired
+        self._repaired = False
         self._body: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._body_waiter: asyncio.Future[None] | None = None
@@ -77,20 +112,56 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
+        if self._repairing is not None:
+            self._repairing += data
+            self._parse_repaired()
+            return
         if not self.head_done:
             self.head_bytes += len(data)
+            self._head_pieces.append(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as error:
-            self._fail(UpstreamProtocolError("upstream-invalid-response", str(error)))
+            seen = b"".join(self._head_pieces)
+            if self.head_done or self._repaired or not _NAME_THEN_SPACE.search(seen):
+                self._fail(UpstreamProtocolError("upstream-invalid-response", str(error)))
+                return
+            self._repairing = bytearray(seen)
+            self._parse_repaired()
             return
         # Bytes seen before the head is complete bound a head still arriving; the field sizes
         # bound one that arrived whole in a single read.
         if self.head_size > MAX_RESPONSE_HEAD or (not self.head_done and self.head_bytes > MAX_RESPONSE_HEAD):
             self._fail(UpstreamProtocolError("upstream-head-too-large", f"response head over {MAX_RESPONSE_HEAD} bytes"))
 
+    def _parse_repaired(self) -> None:
+        """Parse the collected head again, without whitespace before colons, once it is whole."""
+        data = self._repairing
+        end = _final_head_end(data)
+        if end < 0:
+            if len(data) > MAX_RESPONSE_HEAD:
+                self._fail(UpstreamProtocolError("upstream-head-too-large", f"response head over {MAX_RESPONSE_HEAD} bytes"))
+            return
+        head = bytes(data[:end])
+        repaired = repair_head(head)
+        self._repairing = None
+        if repaired == head:
+            self._fail(UpstreamProtocolError("upstream-invalid-response", "malformed response head"))
+            return
+        self._repaired = True  # the next exchange starts with a fresh parser
+        self._parser = httptools.HttpResponseParser(self)
+        self.headers = []
+        self.head_size = len("HTTP/1.1 200 \r\n\r\n")
+        self.head_bytes = 0
+        self._head_pieces.clear()
+        self.data_received(repaired + bytes(data[end:]))
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._spare is not None:
+            if exc is not None and not self.complete:
+                self._read_early_response(self._spare)
+            self._close_spare()
         if self.head_done and not self.complete and self._close_delimited() and exc is None:
             self.complete = True  # RFC 9112 §6.3 item 8: the body ends when the connection does
             self._wake_body()
@@ -98,6 +169,37 @@ class UpstreamConnection(asyncio.Protocol):
             reason = "upstream-response-aborted" if self.head_done else "upstream-closed-without-response"
             self._fail(UpstreamProtocolError(reason, str(exc) if exc else "the upstream closed the connection"))
         self._wake_drain()
+
+    # --- a response the upstream sent before it stopped reading the request body -------------
+    def keep_spare_descriptor(self) -> None:
+        """Hold a second descriptor of the socket while a request body is sent.
+
+        An upstream may answer before it has read the whole body (a `413` to an upload) and
+        then close or reset. If a body write fails before that answer was read, the transport
+        closes its descriptor at once; the answer is still in the kernel's receive queue, and
+        this one reads it (nginx loses it: "broken pipe while sending request to upstream")."""
+        if self._spare is None and self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                self._spare = socket.socket(fileno=os.dup(sock.fileno()))
+                self._spare.setblocking(False)
+
+    def _read_early_response(self, spare: socket.socket) -> None:
+        received = 0
+        while not self.complete and self.error is None and received < EARLY_RESPONSE_LIMIT:
+            try:
+                data = spare.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            received += len(data)
+            self.data_received(data)
+
+    def _close_spare(self) -> None:
+        if self._spare is not None:
+            self._spare.close()
+            self._spare = None
 
     def pause_writing(self) -> None:
         self._drain_waiter = asyncio.get_running_loop().create_future()
@@ -119,6 +221,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.headers = []
             return
         self.head_done = True
+        self._head_pieces.clear()
         # Asked now: llhttp forgets the message's Connection semantics once it completes.
         self.keep_alive = self._parser.should_keep_alive()
         if self.ignore_body:
@@ -139,6 +242,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.status >= 200:
             self.complete = True
+            self._close_spare()
             self._wake_body()
 
     # --- exchange ---------------------------------------------------------------------------
@@ -166,9 +270,7 @@ class UpstreamConnection(asyncio.Protocol):
         return "content-length" not in names and "transfer-encoding" not in names
 
     async def drain(self) -> None:
-        if self.closed:
-            raise UpstreamProtocolError("upstream-closed-while-receiving-body", "the upstream closed the connection")
-        if self._drain_waiter is not None:
+        if self._drain_waiter is not None and not self.closed:
             await self._drain_waiter
 
     def start(self, head_only: bool) -> asyncio.Future[None]:
@@ -367,6 +469,7 @@ class Http1Client:
         conn.transport.write(head)
         writer = None
         if body is not None:
+            conn.keep_spare_descriptor()
             writer = asyncio.ensure_future(_send_body(conn, body, chunked))
             writer.add_done_callback(_retrieve)
         timer = asyncio.get_running_loop().call_later(self.read_timeout, expire, head_received)
@@ -379,9 +482,8 @@ class Http1Client:
             raise
         finally:
             timer.cancel()
-        if writer is not None and writer.done() and writer.exception() is not None:
-            conn.transport.abort()
-            raise writer.exception()
+        # A response that arrived is relayed even when the body could not be sent whole: the
+        # upstream answered (RFC 9112 §9.5: a server may answer before it reads the body).
         return PooledResponse(conn, self.pool, self.read_timeout, writer)
 
     def close(self) -> None:
@@ -398,6 +500,8 @@ def _retrieve(task: asyncio.Future) -> None:
 async def _send_body(conn: UpstreamConnection, body: AsyncIterator[bytes], chunked: bool) -> None:
     try:
         async for piece in body:
+            if conn.closed:
+                return  # the upstream stopped reading: its response, if one came, is the answer
             if not piece:
                 continue
             conn.transport.write(b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece)

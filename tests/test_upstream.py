@@ -169,3 +169,51 @@ def test_a_chunked_request_body_is_framed_for_the_upstream():
         assert await body_of(response) == b"6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"
 
     run(scenario)(handler)
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [b"HTTP/1.1 200 OK\r\nX-Spaced : a\r\nX-Tab\t: b\r\nContent-Length: 2\r\n\r\nok"],
+        # the whitespace arrives in one read and its colon in the next
+        [b"HTTP/1.1 200 OK\r\nX-Spaced ", b": a\r\nX-Tab\t: b\r\nContent-Length: 2\r\n\r\nok"],
+        # after an interim response, which is parsed before the final head goes wrong
+        [b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 200 OK\r\nX-Spaced : a\r\nX-Tab\t: b\r\n",
+         b"Content-Length: 2\r\n\r\nok"],
+    ],
+    ids=["one-read", "split-reads", "after-100"],
+)
+def test_whitespace_before_a_field_colon_is_removed_and_the_connection_reused(pieces):
+    async def handler(reader, writer, _):
+        await read_request(reader)
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
+        await writer.drain()
+
+    async def scenario(client, key, seen):
+        response = await client.send(key, "GET", "/", HOST, None)
+        assert response.headers == [("X-Spaced", "a"), ("X-Tab", "b"), ("Content-Length", "2")]
+        assert await body_of(response) == b"ok"
+        assert await body_of(await client.send(key, "GET", "/", HOST, None)) == b"next"
+        assert len(seen) == 1
+
+    run(scenario)(handler)
+
+
+def test_a_malformed_head_with_spaces_is_still_refused():
+    async def handler(reader, writer, _):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nBad Name: a\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    async def scenario(client, key, seen):
+        with pytest.raises(UpstreamProtocolError) as refused:
+            await client.send(key, "GET", "/", HOST, None)
+        assert refused.value.reason == "upstream-invalid-response"
+
+    run(scenario)(handler)

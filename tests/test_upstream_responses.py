@@ -1,0 +1,125 @@
+"""What coxp relays from real upstream responses: early answers to uploads, reason phrases,
+field lines a proxy must repair, and the upstream status of requests their client left."""
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+import pytest
+
+from harness import Reader, answer_with, config_text, get, request_bytes, unique
+
+UPLOAD = 8 * 1024 * 1024
+
+
+def reset(writer) -> None:
+    """Close with a TCP reset, as a server does that closes with an upload still unread."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def refuse_upload_then_reset(reader, writer, head):
+    writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n"
+                 b"Connection: close\r\n\r\ntoo large\n")
+    await writer.drain()
+    reset(writer)
+
+
+def upload(proxy, target: str, size: int = UPLOAD):
+    """POST `size` bytes from a thread (its send errors ignored: the server may stop reading) while
+    the response is read, as browsers and curl do; the response."""
+    sock = proxy.connect()
+    head = request_bytes("POST", target, [("Content-Length", str(size))])
+
+    def send_body() -> None:
+        try:
+            sock.sendall(head)
+            piece = b"u" * 65536
+            for _ in range(size // len(piece)):
+                sock.sendall(piece)
+        except OSError:
+            pass
+
+    sender = threading.Thread(target=send_body, daemon=True)
+    sender.start()
+    try:
+        return Reader(sock).response("POST")
+    finally:
+        sock.close()
+        sender.join(10)
+
+
+def test_a_final_response_sent_before_the_upload_was_read_is_relayed(coxp, raw_upstream):
+    proxy = coxp(config_text(raw_upstream(refuse_upload_then_reset).url))
+    for attempt in range(20):
+        response = upload(proxy, f"/upload?attempt={attempt}")
+        assert (response.status, response.body) == (413, b"too large\n"), f"attempt {attempt}"
+        event = proxy.wait_event("request", count=attempt + 1)
+        assert (event["status"], event["upstream_status"]) == (413, 413)
+
+
+# --- reason phrases -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "status, line",
+    [
+        (409, b"HTTP/1.1 409 Conflict"), (410, b"HTTP/1.1 410 Gone"), (412, b"HTTP/1.1 412 Precondition Failed"),
+        (415, b"HTTP/1.1 415 Unsupported Media Type"), (416, b"HTTP/1.1 416 Requested Range Not Satisfiable"),
+        (418, b"HTTP/1.1 418 I'm a Teapot"), (422, b"HTTP/1.1 422 Unprocessable Entity"),
+        (429, b"HTTP/1.1 429 Too Many Requests"), (451, b"HTTP/1.1 451 Unavailable For Legal Reasons"),
+        (599, b"HTTP/1.1 599 "),
+    ],
+)
+def test_the_status_line_has_the_standard_reason_phrase_or_none(coxp_pool, status, line):
+    proxy = coxp_pool.get(config_text("{upstream}"))
+    response = get(proxy, f"/status?status={status}&{unique()}")
+    assert response.raw_head.split(b"\r\n", 1)[0] == line
+
+
+# --- field lines the proxy repairs ----------------------------------------------------------------
+
+
+def test_whitespace_between_a_field_name_and_its_colon_is_removed(coxp, raw_upstream):
+    server = raw_upstream(answer_with(b"HTTP/1.1 200 OK\r\nX-Legacy : kept\r\nContent-Type\t: text/plain\r\n"
+                                      b"Content-Length: 2\r\n\r\nok"))
+    response = get(coxp(config_text(server.url)))
+    assert (response.status, response.body) == (200, b"ok")
+    assert b"\r\nX-Legacy: kept\r\n" in response.raw_head and b"\r\nContent-Type: text/plain\r\n" in response.raw_head
+
+
+# --- the upstream's status of a request whose client left -----------------------------------------
+
+
+async def long_download(reader, writer, head):
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n" + b"d" * 1000)
+    await writer.drain()
+    await reader.read()  # until coxp gives up on the request and closes
+
+
+async def refuse_the_upgrade_slowly(reader, writer, head):
+    writer.write(b"HTTP/1.1 403 Forbidden\r\nX-Why: no\r\nContent-Length: 100000\r\n\r\nnot")
+    await writer.drain()
+    await reader.read()
+
+
+@pytest.mark.parametrize(
+    "serve, headers, status",
+    [
+        (long_download, [], 200),
+        (refuse_the_upgrade_slowly, [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                                     ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13")], 403),
+    ],
+    ids=["aborted-download", "refused-upgrade"],
+)
+def test_a_request_the_upstream_answered_is_logged_with_its_status_when_the_client_leaves(
+        coxp, raw_upstream, serve, headers, status):
+    proxy = coxp(config_text(raw_upstream(serve).url, extra='[defaults.corp]\npolicy = "same-site"\n'))
+    with proxy.connect() as sock:
+        sock.sendall(request_bytes("GET", "/file", headers))
+        assert Reader(sock).head().status == status
+    event = proxy.wait_event("request")
+    assert (event["status"], event["upstream_status"]) == (499, status)
+    assert event["headers_set"] == ["cross-origin-resource-policy"]
