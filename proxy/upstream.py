@@ -19,6 +19,7 @@ from typing import AsyncIterator
 import httptools
 
 from proxy.aio import expire
+from proxy.standards import TOKEN
 
 MAX_RESPONSE_HEAD = 64 * 1024  # a larger upstream response head is refused (502)
 HIGH_WATER = 64 * 1024  # pause reading the upstream beyond this many unread body bytes (per connection)
@@ -31,9 +32,8 @@ EARLY_RESPONSE_LIMIT = 1024 * 1024
 # from a response message before forwarding the message downstream." llhttp refuses such a
 # head, so a head that fails where a field name meets whitespace is collected whole, repaired
 # and parsed again; every other head is parsed as it arrives.
-_TCHARS = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_SPACE_BEFORE_COLON = re.compile(rb"^(" + _TCHARS + rb")[ \t]+:", re.MULTILINE)
-_NAME_THEN_SPACE = re.compile(rb"\n" + _TCHARS + rb"[ \t]")
+_SPACE_BEFORE_COLON = re.compile(rb"^(" + TOKEN.encode() + rb")[ \t]+:", re.MULTILINE)
+_NAME_THEN_SPACE = re.compile(rb"\n" + TOKEN.encode() + rb"[ \t]")
 _INTERIM_STATUS_LINE = re.compile(rb"HTTP/1\.[01] 1[0-9][0-9]")
 
 
