@@ -21,6 +21,7 @@ from proxy.errors import ConfigError
 from proxy.exchange import Outcome, exchange
 from proxy.forwarding import UpstreamClient
 from proxy.http1 import BadRequest, RequestHead, serialize_head, text_body
+from proxy.listeners import bind_listeners
 from proxy.metrics import Metrics
 from proxy.model import Config, Endpoint
 from proxy.policy import Decision
@@ -113,15 +114,10 @@ class ProxyServer:
         tls = server_tls_context(proxy.tls_cert, proxy.tls_key) if proxy.tls_cert else None
         loop = asyncio.get_running_loop()
         factory = lambda: ClientConnection(self, tls is not None)  # noqa: E731
-        if sock is not None:
-            server = await loop.create_server(factory, sock=sock, ssl=tls, backlog=2048)
-        else:
-            server = await loop.create_server(
-                factory, proxy.listen.host, proxy.listen.port, ssl=tls, backlog=2048, reuse_address=True
-            )
-        self._servers.append(server)
-        bound = server.sockets[0].getsockname()
-        return str(Endpoint(bound[0], bound[1]))
+        for listener in [sock] if sock is not None else bind_listeners(proxy.listen):
+            self._servers.append(await loop.create_server(factory, sock=listener, ssl=tls, backlog=2048))
+        # A host name (`localhost`) is kept as written: it may stand for several addresses.
+        return str(Endpoint(proxy.listen.host, self._servers[0].sockets[0].getsockname()[1]))
 
     def reload(self) -> bool:
         """SIGHUP: load the file again; an invalid config is logged and the old one keeps serving."""
@@ -185,8 +181,10 @@ def install_event_loop() -> None:
 
 
 async def serve(config: Config, config_path: str | None, overrides: dict | None, sock: socket.socket | None = None,
-                admin: bool = True) -> int:
-    """Run one serving process until SIGTERM/SIGINT; returns the exit status."""
+                admin: bool = True, announce: Callable[[str], None] | None = None) -> int:
+    """Run one serving process until SIGTERM/SIGINT; returns the exit status.
+
+    `announce` is called with the bound address before the first log line (`coxp dev`'s banner)."""
     server = ProxyServer(config, config_path, overrides)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -194,6 +192,8 @@ async def serve(config: Config, config_path: str | None, overrides: dict | None,
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.reload)
     address = await server.start(sock)
+    if announce is not None:
+        announce(address)
     admin_runner = None
     if admin and config.admin is not None:
         from proxy.admin import bound_address, start_admin
@@ -208,11 +208,12 @@ async def serve(config: Config, config_path: str | None, overrides: dict | None,
     return 0
 
 
-def run(config: Config, config_path: str | None, overrides: dict | None) -> int:
+def run(config: Config, config_path: str | None, overrides: dict | None,
+        announce: Callable[[str], None] | None = None) -> int:
     logs.configure(config.log.format, config.log.level)
     install_event_loop()
     if config.proxy.workers > 1:
         from proxy.workers import run_workers
 
         return run_workers(config, config_path, overrides)
-    return asyncio.run(serve(config, config_path, overrides))
+    return asyncio.run(serve(config, config_path, overrides, announce=announce))
