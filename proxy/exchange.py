@@ -18,16 +18,16 @@ from proxy.forwarding import (
     is_trusted,
     upstream_headers,
 )
-from proxy.http1 import BadRequest, RequestHead, no_body_status, serialize_head, text_body
+from proxy.http1 import BadRequest, RequestHead, no_body_status, serialize_head
 from proxy.model import Route
-from proxy.policy import Decision, EditResult, apply_edits, decide, proxy_response_headers, request_info, routing_method
+from proxy.plan import Answer, Tunnel, answer_response, plan
+from proxy.policy import Decision, EditResult, apply_edits, decide, request_info, routing_method
 from proxy.tunnel import open_tunnel
 
 if TYPE_CHECKING:
     from proxy.server import ServingState
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_TEXT = "text/plain; charset=utf-8"
 # Logged for a request whose client went away before its response was complete (nginx's code).
 CLIENT_CLOSED_REQUEST = 499
 
@@ -91,18 +91,13 @@ async def _respond(
     reusable = keep_alive and not head.has_body
 
     if not state.admit():
-        return answer(conn, decision, 503, "overloaded: too many requests in flight", False, [("Retry-After", "1")]), False
-    if decision.answer is not None:
-        return answer(conn, decision, decision.answer.status, decision.answer.body, reusable), reusable
-    if head.target == "*":
-        # `OPTIONS *` asks about the server as a whole; it has no resource to forward to.
-        return answer(conn, decision, 204, "", reusable, [("Allow", "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH")]), reusable
-    upstream = route.upstream or config.proxy.upstream
-    if upstream is None:
-        return answer(conn, decision, 404, "not-found: no route matches and no upstream is configured", False), False
-    if config.limits.max_body_bytes and (head.content_length or 0) > config.limits.max_body_bytes:
-        return answer(conn, decision, 413, "body-too-large", False), False
-    if head.websocket:
+        return answer(conn, decision, 503, "overloaded: too many requests in flight", False, (("Retry-After", "1"),)), False
+    action = plan(config, route, decision, head)
+    if type(action) is Answer:
+        reusable = reusable and not action.closes
+        return send_answer(conn, decision, action, reusable), reusable
+    upstream = action.upstream
+    if type(action) is Tunnel:
         try:
             status, edited = await open_tunnel(state, conn, head, upstream, decision, scheme, answered.record)
         except UpstreamFailure as failure:
@@ -117,16 +112,19 @@ def answer(
     status: int,
     text: str,
     keep_alive: bool,
-    extra: list[tuple[str, str]] | None = None,
+    extra: tuple[tuple[str, str], ...] = (),
 ) -> Outcome:
     """Send a response the proxy makes itself; the route's policy headers apply to it too."""
-    body = text_body(text)
-    edited = proxy_response_headers(decision, _TEXT if body else None, len(body))
-    headers = edited.headers + (extra or [])
+    return send_answer(conn, decision, Answer(status, text, extra), keep_alive)
+
+
+def send_answer(conn: ClientConnection, decision: Decision, action: Answer, keep_alive: bool) -> Outcome:
+    edited, body = answer_response(decision, action)
+    headers = edited.headers
     if not keep_alive:
         headers.append(("Connection", "close"))
-    conn.write(serialize_head(status, headers) + body)
-    return Outcome(status, None, edited.set_names, edited.removed_names)
+    conn.write(serialize_head(action.status, headers) + body)
+    return Outcome(action.status, None, edited.set_names, edited.removed_names)
 
 
 def upstream_failed(

@@ -6,12 +6,11 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from proxy.http1 import text_body
+from proxy.http1 import BadRequest, RequestHead, head_end, parse_head
 from proxy.model import Config
-from proxy.policy import apply_edits, decide, proxy_response_headers, request_info, routing_method
+from proxy.plan import BODY_TOO_LARGE, NO_UPSTREAM, Answer, Tunnel, answer_response, plan
+from proxy.policy import apply_edits, decide, request_info, routing_method
 from proxy.routing import Router
-
-_TEXT = "text/plain; charset=utf-8"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,34 +77,57 @@ def explain(
     request_headers: list[tuple[str, str]],
     upstream_headers: list[tuple[str, str]],
 ) -> Explanation:
+    """What the server would do with the request: its head is parsed by the server's parser,
+    then routed, decided and planned by the server's own functions."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ExplainUsageError(f"URL {url!r} must be absolute: http://host[:port]/path")
-    target = parts.path or "/"
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     headers = list(request_headers)
     if not any(n.lower() == "host" for n, _ in headers):
         headers.insert(0, ("Host", parts.netloc))
-    host = next(v for n, v in headers if n.lower() == "host")
-    info = request_info(method, headers, parts.scheme, host)
-    route = Router(config).match(host, target, routing_method(info))
-    decision = decide(route, info)
-    upstream = route.upstream or config.proxy.upstream
-    if decision.answer is not None:
-        body = decision.answer.body
-        edited = proxy_response_headers(decision, _TEXT if body else None, len(text_body(body)))
-        status, note = decision.answer.status, f"{decision.answer.status} answered by coxp; the upstream is not contacted"
-    elif upstream is None:
-        body = "not-found: no route matches and no upstream is configured"
-        edited = proxy_response_headers(decision, _TEXT, len(text_body(body)))
-        status, note = 404, "404 answered by coxp: no upstream for this route"
+    head = _parsed_head(method, target, headers, config)
+    info = request_info(head.method, head.headers, parts.scheme, head.host)
+    route = Router(config).match(head.host, head.path, routing_method(info))
+    decision = decide(route, info, websocket=head.websocket)
+    action = plan(config, route, decision, head)
+    status: int | None = None
+    body: bytes | None = None
+    if isinstance(action, Answer):
+        edited, body = answer_response(decision, action)
+        status = action.status
+        if action is NO_UPSTREAM:
+            note = "404 answered by coxp: no upstream for this route"
+        elif action is BODY_TOO_LARGE:
+            note = f"413 answered by coxp: Content-Length is over [limits] max_body_bytes ({config.limits.max_body_bytes})"
+        else:
+            note = f"{status} answered by coxp; the upstream is not contacted"
     else:
         edited = apply_edits(decision.edits, upstream_headers)
-        status = None
         simulated = "the simulated upstream headers" if upstream_headers else "an upstream response without headers"
-        note = f"forwarded to {upstream.url}; the upstream's status is kept; edits applied to {simulated}"
+        if isinstance(action, Tunnel):
+            note = (f"WebSocket handshake tunnelled to {action.upstream.url}; CORS headers do not apply to its 101; "
+                    f"edits applied to {simulated}")
+        else:
+            note = f"forwarded to {action.upstream.url}; the upstream's status is kept; edits applied to {simulated}"
     return Explanation(
-        route=route.name, method=method, url=url, origin=decision.origin, cors=decision.cors,
+        route=route.name, method=head.method, url=url, origin=decision.origin, cors=decision.cors,
         reason=decision.reason, answered_by_proxy=status is not None, status=status,
-        body=None if status is None else text_body(body).decode(),
+        body=None if body is None else body.decode(),
         headers=edited.headers, headers_set=edited.set_names, headers_removed=edited.removed_names, note=note,
     )
+
+
+def _parsed_head(method: str, target: str, headers: list[tuple[str, str]], config: Config) -> RequestHead:
+    """The request as the server would parse it; a request it would refuse is a usage error
+    naming the status and reason the server would answer with."""
+    lines = [f"{method} {target} HTTP/1.1", *(f"{name}: {value}" for name, value in headers)]
+    try:
+        raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    except UnicodeEncodeError:
+        raise ExplainUsageError("a header or the URL has a character outside latin-1; percent-encode it") from None
+    try:
+        head_end(raw, config.limits)  # the size limits, checked as the server reads a head
+        return parse_head(raw, config.limits)
+    except BadRequest as refused:
+        raise ExplainUsageError(f"the server would refuse this request: {refused.status} {refused.reason}") from None

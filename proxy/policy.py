@@ -8,7 +8,7 @@ The request path follows the Fetch standard's steps in order:
    request, runs the CORS check (Fetch §4.10 "CORS check"), then for a preflight the method
    and header checks (Fetch §4.9 "CORS-preflight fetch", steps 7.3-7.7) and the Private
    Network Access check; the result is a `Decision` holding data only: an optional
-   `ProxyAnswer` and one `PolicyEdit` per policy table;
+   `Answer` and one `PolicyEdit` per policy table;
 3. `apply_edits` — the one place where headers change — applies the edits' modes
    (`set`/`default`/`remove`/`pass`) to a header list and merges `Vary`.
 
@@ -29,7 +29,7 @@ __all__ = [
     "Decision",
     "EditResult",
     "PolicyEdit",
-    "ProxyAnswer",
+    "Answer",
     "RequestInfo",
     "apply_edits",
     "compile_policies",
@@ -90,12 +90,14 @@ class RequestInfo(NamedTuple):
         return self.method == "OPTIONS" and self.origin is not None and self.request_method is not None
 
 
-class ProxyAnswer(NamedTuple):
-    """A response the proxy makes without contacting the upstream; `body` is one line of text
-    (the server appends the newline), empty for the 204."""
+class Answer(NamedTuple):
+    """A response coxp makes itself, without contacting the upstream. `body` is one line of text
+    (a newline is appended when it is sent), empty for a bodiless answer such as the 204."""
 
     status: int
     body: str
+    extra: tuple[Header, ...] = ()  # written after the policy headers (e.g. `Allow`)
+    closes: bool = False  # the connection ends with this answer, whatever keep-alive says
 
 
 class Decision(NamedTuple):
@@ -106,7 +108,7 @@ class Decision(NamedTuple):
     cors: str  # log value: not-cors | same-origin | allowed | denied | preflight-allowed | preflight-denied | off
     reason: str | None
     origin: str | None  # the request's Origin as received (for the log)
-    answer: ProxyAnswer | None  # set when the proxy answers without contacting the upstream
+    answer: Answer | None  # set when the proxy answers without contacting the upstream
     edits: tuple[PolicyEdit, ...]
 
 
@@ -276,7 +278,7 @@ def _actual(route: Route, c: CompiledPolicies, cors: CorsPolicy, info: RequestIn
         return Decision(route.name, "actual", "allowed", None, origin, None, edits)
     # CORS does not stop a request, it hides the answer from the page: without `enforce` the
     # request is forwarded and its response simply carries no CORS headers.
-    answer = ProxyAnswer(403, f"{REASON_ORIGIN}: CORS request denied") if cors.enforce else None
+    answer = Answer(403, f"{REASON_ORIGIN}: CORS request denied") if cors.enforce else None
     edits = c.plain if (answer is not None or not websocket) else c.header_edits
     return Decision(route.name, "actual", "denied", REASON_ORIGIN, origin, answer, edits)
 
@@ -338,7 +340,7 @@ def _preflight(route: Route, c: CompiledPolicies, cors: CorsPolicy, info: Reques
     if reason is not None:
         answer = None
         if not forwarded or (reason == REASON_ORIGIN and cors.enforce):
-            answer = ProxyAnswer(403, f"{reason}: CORS preflight denied")
+            answer = Answer(403, f"{reason}: CORS preflight denied")
         return Decision(route.name, "preflight", "preflight-denied", reason, origin, answer, c.preflight_denied)
 
     headers: list[Header] = [(ACAO, "*" if c.star_actual is not None else origin)]  # type: ignore[list-item]
@@ -361,7 +363,7 @@ def _preflight(route: Route, c: CompiledPolicies, cors: CorsPolicy, info: Reques
         headers.append(("Access-Control-Max-Age", cors.max_age_value))
     if info.private_network:
         headers.append(ACAPN)
-    answer = None if forwarded else ProxyAnswer(204, "")
+    answer = None if forwarded else Answer(204, "")
     edits = _with_headers(c.preflight_template, tuple(headers), c.header_edits)  # type: ignore[arg-type]
     return Decision(route.name, "preflight", "preflight-allowed", None, origin, answer, edits)
 

@@ -1,21 +1,24 @@
 """The policy engine, as tables: config snippet -> request -> outcome + the exact response headers.
 
-Every case runs the same code the server runs: `request_info` -> `decide` -> either the proxy's
-own answer (`proxy_response_headers`) or the upstream's response edited by `apply_edits`.
+Every case runs the same code the server runs: `request_info` -> `decide` -> `plan` -> either
+the proxy's own answer (`answer_response`) or the upstream's response edited by `apply_edits`.
 The expected header list is compared whole (order aside): an unexpected extra header fails.
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.config import load_config_text
-from proxy.model import Route
+from proxy.model import Config, Route
+from proxy.plan import Answer, answer_response, plan
 from proxy.policy import (
+    Decision,
     EditResult,
     apply_edits,
     decide,
@@ -29,10 +32,34 @@ SELF = ("https", "proxy.test")  # the request's own origin: https://proxy.test
 
 
 @functools.cache
-def route(snippet: str) -> Route:
-    """The first route of a config made of `snippet` (the route's policy tables)."""
+def loaded(snippet: str) -> Config:
+    """A config whose first route's policy tables are `snippet`."""
     text = f'[proxy]\nupstream = "http://127.0.0.1:3000"\n\n[[routes]]\nname = "r"\n{snippet}'
-    return load_config_text(text).routes[0]
+    return load_config_text(text)
+
+
+def route(snippet: str) -> Route:
+    """The first route of a config made of `snippet`."""
+    return loaded(snippet).routes[0]
+
+
+class Facts(NamedTuple):
+    """The request facts `plan` reads (the server passes its parsed `RequestHead`)."""
+
+    target: str = "/"
+    websocket: bool = False
+    content_length: int | None = None
+
+
+def respond(snippet: str, method: str, headers, upstream, websocket: bool = False) -> tuple[Decision, EditResult]:
+    """The decision and the response headers the server would send: the proxy's own answer, or
+    the upstream's `upstream` headers edited."""
+    config = loaded(snippet)
+    decision = decide(config.routes[0], request_info(method, headers, *SELF), websocket=websocket)
+    action = plan(config, config.routes[0], decision, Facts(websocket=websocket))
+    if isinstance(action, Answer):
+        return decision, answer_response(decision, action)[0]
+    return decision, apply_edits(decision.edits, upstream)
 
 
 def H(*lines: str) -> list[tuple[str, str]]:
@@ -60,15 +87,8 @@ class Case:
     removed_names: list[str] | None = None
 
 
-def run(case: Case):
-    info = request_info(case.method, case.request, *SELF)
-    decision = decide(route(case.config), info, websocket=case.websocket)
-    if decision.answer is not None:
-        body = decision.answer.body
-        result = proxy_response_headers(decision, TEXT if body else None, len(body) + 1 if body else 0)
-    else:
-        result = apply_edits(decision.edits, case.upstream)
-    return decision, result
+def run(case: Case) -> tuple[Decision, EditResult]:
+    return respond(case.config, case.method, case.request, case.upstream, case.websocket)
 
 
 def norm(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -798,14 +818,6 @@ responses = st.lists(st.tuples(response_names, header_values), max_size=6)
 fast = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _respond(config: str, method: str, headers, upstream, websocket=False) -> tuple:
-    decision = decide(route(config), request_info(method, headers, *SELF), websocket=websocket)
-    if decision.answer is not None:
-        body = decision.answer.body
-        return decision, proxy_response_headers(decision, TEXT if body else None, len(body))
-    return decision, apply_edits(decision.edits, upstream)
-
-
 def _values(result: EditResult, name: str) -> list[str]:
     return [v for n, v in result.headers if n.lower() == name]
 
@@ -814,7 +826,7 @@ def _values(result: EditResult, name: str) -> list[str]:
 @given(config=st.sampled_from(SETTING_CONFIGS), method=methods, headers=requests, upstream=responses,
        websocket=st.booleans())
 def test_denied_origin_never_receives_acao(config, method, headers, upstream, websocket):
-    decision, result = _respond(config, method, headers, upstream, websocket)
+    decision, result = respond(config, method, headers, upstream, websocket)
     if decision.cors in ("denied", "preflight-denied") and not websocket:
         assert _values(result, "access-control-allow-origin") == []
         assert not any(n.lower().startswith("access-control-allow-") for n, _ in result.headers)
@@ -825,7 +837,7 @@ def test_denied_origin_never_receives_acao(config, method, headers, upstream, we
 def test_star_and_credentials_never_together_from_the_proxy(config, method, headers, upstream):
     # The upstream's own headers pass through in default/pass mode; the property is about ours.
     clean = [(n, v) for n, v in upstream if not n.lower().startswith("access-control-")]
-    decision, result = _respond(config, method, headers, clean)
+    decision, result = respond(config, method, headers, clean)
     if "*" in _values(result, "access-control-allow-origin"):
         assert _values(result, "access-control-allow-credentials") == []
 

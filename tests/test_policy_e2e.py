@@ -202,8 +202,11 @@ name = "api"
 paths = ["/api/*"]
 upstream = "{upstream}"
 """,
-    # Upstream failures: a closed port (502) and a slow upstream (504), with policies.
+    # Upstream failures: a closed port (502) and a slow upstream (504), with policies; and
+    # bodies over [limits] max_body_bytes (413, answered before the upstream is contacted).
     "failures": HEAD.replace("read_timeout = 1.0", "read_timeout = 0.5\nconnect_timeout = 2.0") + """
+[limits]
+max_body_bytes = 10
 [defaults.corp]
 policy = "same-origin"
 [defaults.coop]
@@ -571,6 +574,17 @@ PROXY_MADE_CASES = [
     Case("enforce-403-policies", "failures", "GET", "/enf/a", [O("https://evil.test")], status=403, forwarded=False,
          route="enf", cors="denied", reason="origin-not-allowed", body="origin-not-allowed: CORS request denied\n",
          expect=[VARY_O, ("Cross-Origin-Resource-Policy", "same-origin"), ("Cross-Origin-Opener-Policy", "same-origin")]),
+    Case("413-allowed", "failures", "POST", "/enf/a", [O(), ("Content-Length", "11")], status=413, forwarded=False,
+         route="enf", cors="allowed", body="body-too-large\n",
+         expect=[("Access-Control-Allow-Origin", ORIGIN), VARY_O, ("Cross-Origin-Resource-Policy", "same-origin"),
+                 ("Cross-Origin-Opener-Policy", "same-origin")]),
+    Case("413-denied-before-any-upstream", "failures", "POST", "/dead/a", [O("https://evil.test"), ("Content-Length", "11")],
+         status=413, forwarded=False, route="dead", cors="denied", reason="origin-not-allowed", body="body-too-large\n",
+         expect=[VARY_O, ("Cross-Origin-Resource-Policy", "same-origin"), ("Cross-Origin-Opener-Policy", "same-origin")]),
+    Case("enforce-403-before-413", "failures", "POST", "/enf/a", [O("https://evil.test"), ("Content-Length", "11")],
+         status=403, forwarded=False, route="enf", cors="denied", reason="origin-not-allowed",
+         body="origin-not-allowed: CORS request denied\n",
+         expect=[VARY_O, ("Cross-Origin-Resource-Policy", "same-origin"), ("Cross-Origin-Opener-Policy", "same-origin")]),
     Case("preflight-on-dead-route", "failures", "OPTIONS", "/dead/a", PF("PUT"), status=204, forwarded=False,
          cors="preflight-allowed", body="",
          expect=[("Access-Control-Allow-Origin", ORIGIN), ("Access-Control-Allow-Methods", "PUT"), VARY_PF,
@@ -799,6 +813,37 @@ WS_CASES = [
     ("ws-enforce-allowed", "/enforce/ws", [O()], [], 101, [], "allowed", True),
     ("ws-enforce-same-origin", "/enforce/ws", [O("http://api.example.test")], [], 101, [], "same-origin", True),
 ]
+
+
+def test_explain_and_server_agree_on_websocket_handshakes(coxp_pool, query_upstream, tmp_path, capsysbinary):
+    """Every WebSocket row through the running server and `coxp explain --json` given the same
+    handshake: no CORS headers on a 101, `enforce`'s 403 with its policy headers."""
+    from harness import policy_view, websocket_handshake
+
+    proxy = coxp_pool.get(config_text("cors"))
+    path = tmp_path / "cors.toml"
+    path.write_text(config_text("cors").replace("{upstream}", query_upstream.url))
+    hop = {"upgrade", "sec-websocket-accept"}
+    for case_id, target, headers, _, status, _, cors, _ in WS_CASES:
+        host = "api.example.test" if cors == "same-origin" else f"127.0.0.1:{proxy.port}"
+        mark = proxy.mark()
+        got, response_headers, sock = websocket_handshake(proxy.port, target, headers, host=host)
+        sock.close()
+        event = proxy.wait_event("request", start=mark)
+        handshake = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                     ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13")]
+        case = Case(case_id, "cors", "GET", target, [*handshake, *headers], host=host)
+        explained = _explain_cli(capsysbinary, path, case, f"http://{host}{target}")
+        context = f"{case_id}: explain={explained}"
+        assert got == status, context
+        assert (explained["route"], explained["cors"], explained["reason"]) == \
+            (event["route"], event["cors"], event["reason"]), context
+        assert explained["answered_by_proxy"] == (status != 101), context
+        assert explained["status"] == (None if status == 101 else status), context
+        server_view = [h for h in policy_view(response_headers) if h[0] not in hop]
+        assert policy_view([tuple(h) for h in explained["headers"]]) == server_view, context
+        assert sorted(explained["headers_set"]) == sorted(event["headers_set"]), context
+        assert sorted(explained["headers_removed"]) == sorted(event["headers_removed"]), context
 
 
 @pytest.mark.parametrize("path, headers, up, status, expect, cors, reaches",

@@ -1,0 +1,114 @@
+"""proxy.plan: answer, tunnel or forward, as a table (config, request facts -> action)."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pytest
+
+from proxy.config import load_config_text
+from proxy.plan import BODY_TOO_LARGE, NO_UPSTREAM, OPTIONS_ASTERISK, Answer, Forward, Tunnel, answer_response, plan
+from proxy.policy import decide, request_info
+
+CONFIG = """
+[proxy]
+upstream = "http://127.0.0.1:3000"
+[limits]
+max_body_bytes = 10
+[[routes]]
+name = "cors"
+paths = ["/cors/*"]
+upstream = "http://127.0.0.1:4000"
+[routes.cors]
+allow_origins = ["https://app.test"]
+[[routes]]
+name = "enforce"
+paths = ["/enforce/*"]
+[routes.cors]
+allow_origins = ["https://app.test"]
+enforce = true
+"""
+NO_UPSTREAM_CONFIG = """
+[[routes]]
+name = "only"
+paths = ["/only/*"]
+upstream = "http://127.0.0.1:4000"
+"""
+APP = ("Origin", "https://app.test")
+EVIL = ("Origin", "https://evil.test")
+PREFLIGHT = [APP, ("Access-Control-Request-Method", "POST")]
+
+
+class Facts(NamedTuple):
+    target: str = "/"
+    websocket: bool = False
+    content_length: int | None = None
+
+
+def planned(text: str, method: str, path: str, headers=(), websocket=False, content_length=None):
+    config = load_config_text(text)
+    route = next((r for r in config.routes if r.path_matches is not None and r.path_matches(path)),
+                 config.default_route)
+    decision = decide(route, request_info(method, list(headers), "https", "proxy.test"), websocket=websocket)
+    target = "*" if path == "*" else path
+    return decision, plan(config, route, decision, Facts(target, websocket, content_length))
+
+
+UPSTREAM_4000 = "http://127.0.0.1:4000"
+UPSTREAM_3000 = "http://127.0.0.1:3000"
+
+ROWS = [
+    # id, config, method, path, headers, websocket, content_length, expected action
+    ("get-forwarded", CONFIG, "GET", "/cors/a", [APP], False, None, ("forward", UPSTREAM_4000)),
+    ("default-route-uses-proxy-upstream", CONFIG, "GET", "/x", [], False, None, ("forward", UPSTREAM_3000)),
+    ("body-at-limit-forwarded", CONFIG, "POST", "/cors/a", [], False, 10, ("forward", UPSTREAM_4000)),
+    ("body-over-limit-413", CONFIG, "POST", "/cors/a", [APP], False, 11, (413, "body-too-large", True)),
+    ("preflight-204-before-413", CONFIG, "OPTIONS", "/cors/a", PREFLIGHT, False, 11, (204, "", False)),
+    ("enforce-403-before-413", CONFIG, "POST", "/enforce/a", [EVIL], False, 11, (403, "origin-not-allowed: CORS request denied", False)),
+    ("websocket-tunnelled", CONFIG, "GET", "/cors/ws", [APP], True, None, ("tunnel", UPSTREAM_4000)),
+    ("websocket-denied-by-enforce-403", CONFIG, "GET", "/enforce/ws", [EVIL], True, None,
+     (403, "origin-not-allowed: CORS request denied", False)),
+    ("options-asterisk-204", CONFIG, "OPTIONS", "*", [], False, None, (204, "", False)),
+    ("no-upstream-404", NO_UPSTREAM_CONFIG, "GET", "/elsewhere", [], False, None,
+     (404, "not-found: no route matches and no upstream is configured", True)),
+    ("no-upstream-but-route-has-one", NO_UPSTREAM_CONFIG, "GET", "/only/a", [], False, None, ("forward", UPSTREAM_4000)),
+]
+
+
+@pytest.mark.parametrize("config, method, path, headers, websocket, length, expected",
+                         [row[1:] for row in ROWS], ids=[row[0] for row in ROWS])
+def test_plan(config, method, path, headers, websocket, length, expected):
+    _, action = planned(config, method, path, headers, websocket, length)
+    if expected[0] in ("forward", "tunnel"):
+        assert type(action) is (Forward if expected[0] == "forward" else Tunnel)
+        assert action.upstream.url == expected[1]
+    else:
+        assert isinstance(action, Answer)
+        assert (action.status, action.body, action.closes) == expected
+
+
+def test_options_asterisk_answer_names_the_methods_coxp_relays():
+    decision, action = planned(CONFIG, "OPTIONS", "*")
+    assert action is OPTIONS_ASTERISK
+    headers, body = answer_response(decision, action)
+    assert ("Allow", "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH") in headers.headers
+    assert body == b"" and "allow" not in headers.set_names
+
+
+def test_413_and_404_carry_the_routes_policy_headers_and_a_text_body():
+    decision, action = planned(CONFIG, "POST", "/cors/a", [APP], content_length=11)
+    assert action is BODY_TOO_LARGE
+    headers, body = answer_response(decision, action)
+    assert body == b"body-too-large\n"
+    assert ("Access-Control-Allow-Origin", "https://app.test") in headers.headers
+    assert ("Content-Length", str(len(body))) in headers.headers
+
+    decision, action = planned(NO_UPSTREAM_CONFIG, "GET", "/x")
+    assert action is NO_UPSTREAM
+
+
+def test_websocket_handshake_gets_no_cors_headers():
+    """The 101 of an allowed WebSocket handshake carries no CORS headers (browsers do not use
+    CORS for WebSockets): the tunnel's edits are the header tables' only."""
+    decision, action = planned(CONFIG, "GET", "/cors/ws", [APP], websocket=True)
+    assert type(action) is Tunnel
+    assert all(edit.table != "cors" for edit in decision.edits)
