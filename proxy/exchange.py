@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, AsyncIterator
 
+from proxy.buffering import read_ahead
 from proxy.connection import ClientConnection, ClientGone
 from proxy.forwarding import (
     UpstreamAborted,
@@ -150,7 +151,16 @@ async def forward(
     config = state.config
     headers = upstream_headers(head, config.proxy, upstream, conn.peer_ip, scheme, trusted)
     refused: list[BadRequest] = []
-    body = _guarded_body(conn, head, config.limits.max_body_bytes, refused) if head.has_body else None
+    body: bytes | AsyncIterator[bytes] | None = None
+    if head.has_body:
+        body = _guarded_body(conn, head, config.limits.max_body_bytes, refused)
+        if config.limits.request_buffer:
+            try:
+                body = await read_ahead(body, config.limits.request_buffer)
+            except BadRequest as bad:
+                return answer(conn, decision, bad.status, bad.reason, False), False
+            if isinstance(body, bytes) and head.content_length is None:
+                headers.append(("Content-Length", str(len(body))))  # the chunked body, whole
     try:
         response = await state.client.send(upstream, head.method, head.target, headers, body)
     except (UpstreamFailure, ClientGone, OSError) as failure:

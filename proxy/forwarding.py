@@ -147,7 +147,7 @@ class UpstreamClient:
         method: str,
         target: str,
         headers: list[tuple[str, str]],
-        body: AsyncIterator[bytes] | None,
+        body: bytes | AsyncIterator[bytes] | None,
     ) -> UpstreamResponse:
         try:
             pooled = await self._http.send(upstream.key, method, target, headers, body)

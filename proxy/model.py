@@ -82,6 +82,7 @@ class Limits:
     max_headers: int = 100
     max_in_flight: int = 1024
     max_body_bytes: int = 0  # 0 = unlimited
+    request_buffer: int = 65536  # body bytes read before the upstream is contacted; 0 = stream at once
 
 
 class OriginMatcher:

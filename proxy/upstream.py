@@ -442,9 +442,12 @@ class Http1Client:
         method: str,
         target: str,
         headers: list[tuple[str, str]],
-        body: AsyncIterator[bytes] | None,
+        body: bytes | AsyncIterator[bytes] | None,
     ) -> PooledResponse:
-        chunked = body is not None and not any(n.lower() == "content-length" for n, _ in headers)
+        """`body`: None, the whole body (sent with the head; `headers` hold its Content-Length),
+        or a stream (sent chunked unless `headers` hold a Content-Length)."""
+        streamed = body is not None and not isinstance(body, bytes)
+        chunked = streamed and not any(n.lower() == "content-length" for n, _ in headers)
         fields = [*headers, ("Transfer-Encoding", "chunked")] if chunked else headers
         head = (
             f"{method} {target} HTTP/1.1\r\n" + "".join([f"{n}: {v}\r\n" for n, v in fields]) + "\r\n"
@@ -457,21 +460,26 @@ class Http1Client:
                 # A kept-alive connection the upstream closed as we reused it: nothing of the
                 # request can have been processed, so one retry on a new connection is safe
                 # (RFC 9112 §9.3.1) — unless a body was already streamed from the client.
-                if conn.received_any or body is not None:
+                if conn.received_any or streamed:
                     raise
         conn = await self.pool.connect(key)
         return await self._exchange(conn, method, head, body, chunked)
 
     async def _exchange(
-        self, conn: UpstreamConnection, method: str, head: bytes, body: AsyncIterator[bytes] | None, chunked: bool
+        self, conn: UpstreamConnection, method: str, head: bytes, body: bytes | AsyncIterator[bytes] | None,
+        chunked: bool,
     ) -> PooledResponse:
         head_received = conn.start(head_only=method == "HEAD")
-        conn.transport.write(head)
         writer = None
-        if body is not None:
+        if body:
             conn.keep_spare_descriptor()
-            writer = asyncio.ensure_future(_send_body(conn, body, chunked))
-            writer.add_done_callback(_retrieve)
+        if isinstance(body, bytes):
+            conn.transport.write(head + body)
+        else:
+            conn.transport.write(head)
+            if body is not None:
+                writer = asyncio.ensure_future(_send_body(conn, body, chunked))
+                writer.add_done_callback(_retrieve)
         timer = asyncio.get_running_loop().call_later(self.read_timeout, expire, head_received)
         try:
             await head_received

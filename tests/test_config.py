@@ -112,6 +112,7 @@ BAD = [
     (UPSTREAM + "[limits]\nmax_headers = -1\n", "limits.max_headers", "at least 1"),
     (UPSTREAM + "[limits]\nmax_body_bytes = true\n", "limits.max_body_bytes", "expected an integer, got a boolean"),
     (UPSTREAM + "[limits]\nheader_timeout = -2.5\n", "limits.header_timeout", "positive number of seconds"),
+    (UPSTREAM + "[limits]\nrequest_buffer = -1\n", "limits.request_buffer", "at least 0"),
     # routes
     (UPSTREAM + '[[routes]]\npaths = ["/"]\n', "routes[0].name", "missing"),
     (UPSTREAM + '[[routes]]\nname = "a"\n[[routes]]\nname = "a"\n', "routes[1].name", "already the name of routes[0]"),

@@ -45,7 +45,7 @@ ADMIN_KEYS = ("listen",)
 LOG_KEYS = ("level", "format")
 LIMIT_KEYS = (
     "header_timeout", "keepalive_timeout", "max_request_line", "max_header_bytes", "max_headers",
-    "max_in_flight", "max_body_bytes",
+    "max_in_flight", "max_body_bytes", "request_buffer",
 )
 ROUTE_KEYS = ("name", "hosts", "paths", "methods", "upstream", *POLICY_TABLES)
 DEFAULTS_KEYS = tuple(POLICY_TABLES)
@@ -191,6 +191,7 @@ def _limits(table: Table) -> Limits:
         max_headers=table.integer("max_headers", defaults.max_headers, minimum=1),
         max_in_flight=table.integer("max_in_flight", defaults.max_in_flight, minimum=1),
         max_body_bytes=table.integer("max_body_bytes", defaults.max_body_bytes, minimum=0),
+        request_buffer=table.integer("request_buffer", defaults.request_buffer, minimum=0),
     )
 
 
