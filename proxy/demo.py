@@ -1,137 +1,258 @@
-"""`coxp demo`: a small origin that knows nothing about cross-origin headers, and coxp in front.
+"""`coxp demo`: a small origin that knows nothing about cross-origin headers, coxp in front, and a
+page that shows, one panel per scenario, what each header coxp sets makes the browser do.
 
-The page is opened from the origin's own address (http://localhost:ORIGIN_PORT), so its calls to
-the proxy (http://127.0.0.1:PORT) are cross-origin and the browser applies CORS to them; the
-isolated page is opened through the proxy, which adds COOP and COEP.
+The page is opened from the demo origin's own address (http://localhost:ORIGIN_PORT), so its
+calls to coxp (http://localhost:PORT, another port) are cross-origin and the browser applies
+CORS, CORP and COEP to them. Both are `localhost`, hence the same site, so cookies work. The
+page learns coxp's decision for each of its requests from `/demo/log` on the demo origin, fed
+by the decision log of the coxp running in this process.
 """
 from __future__ import annotations
 
 import asyncio
 import importlib.resources
-import socket
+import itertools
+import json
+import os
+import shlex
+import shutil
+import struct
 import sys
+import zlib
+from collections import deque
+from typing import Any
 
+import structlog
 from aiohttp import web
 
 from proxy import logs
-from proxy.config import load_config
+from proxy.config import load_config_text
 from proxy.errors import ConfigError
+from proxy.listeners import bind_listeners
+from proxy.model import Config, Endpoint
 from proxy.server import install_event_loop, serve
 
-INDEX = """<!doctype html>
-<meta charset="utf-8">
-<title>coxp demo</title>
-<style>body{font:15px system-ui;max-width:46rem;margin:2rem auto}pre{background:#f4f4f4;padding:.6rem}</style>
-<h1>coxp demo</h1>
-<p>This page comes from <b>the origin</b> at <code id="here"></code>. The buttons call the API
-<b>through coxp</b> at <code>PROXY</code>, a different origin, so the browser enforces CORS;
-the origin itself sends no CORS headers at all.</p>
-<button id="get">GET /api/hello</button>
-<button id="put">PUT /api/echo (preflighted)</button>
-<button id="creds">GET /api/whoami with credentials</button>
-<pre id="out">results appear here</pre>
-<p>The third button sends cookies (<code>credentials: "include"</code>). The <code>api</code> route
-allows the page's origin but not credentials (<code>allow_credentials</code> is off), so coxp sends
-no <code>Access-Control-Allow-Credentials</code> and the browser hides the response: CORS decides
-what a page may <em>read</em>; the request itself still reached the origin.</p>
-<p><a href="PROXY/isolated/">Open the cross-origin isolated page through coxp</a> (COOP + COEP),
-or <a href="/isolated/">the same page straight from the origin</a> (not isolated).</p>
-<script>
-document.getElementById("here").textContent = location.origin;
-const out = document.getElementById("out");
-async function show(promise) {
-  try { const r = await promise; out.textContent = r.status + " " + await r.text(); }
-  catch (e) { out.textContent = "blocked by the browser: " + e; }
-}
-document.getElementById("get").onclick = () => show(fetch("PROXY/api/hello"));
-document.getElementById("put").onclick = () => show(fetch("PROXY/api/echo", {method: "PUT",
-  headers: {"Content-Type": "application/json", "X-Demo": "1"}, body: JSON.stringify({hello: "coxp"})}));
-document.getElementById("creds").onclick = () => show(fetch("PROXY/api/whoami", {credentials: "include"}));
-</script>
-"""
-
-ISOLATED = """<!doctype html>
-<meta charset="utf-8">
-<title>cross-origin isolation</title>
-<h1>crossOriginIsolated: <span id="v"></span></h1>
-<p>SharedArrayBuffer available: <span id="sab"></span></p>
-<script>
-document.getElementById("v").textContent = String(self.crossOriginIsolated);
-document.getElementById("sab").textContent = String(typeof SharedArrayBuffer === "function");
-</script>
-"""
+SITE = importlib.resources.files("proxy").joinpath("demo_site")
+KEPT = 200  # decisions, reports and isolation results the page can still read
+CONFIG_PORT = "localhost:8080"  # the port demo.toml's URLs name; replaced by the one picked
 
 
-def demo_origin(proxy_url: str) -> web.Application:
+def _png(size: int, rgb: tuple[int, int, int]) -> bytes:
+    """A solid square PNG (no image library needed)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes(rgb) * size
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row * size)) + chunk(b"IEND", b"")
+
+
+LOGO = _png(32, (0x2b, 0x6c, 0xd4))
+
+
+class DemoLog:
+    """What the page reads from `/demo/log`: coxp's `request` decisions (captured from the
+    decision log), the isolated window's findings, and the reports the browser delivered."""
+
+    def __init__(self) -> None:
+        self._seq = itertools.count(1)
+        self.last = 0
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=KEPT)
+        self.isolation: deque[dict[str, Any]] = deque(maxlen=KEPT)
+        self.reports: deque[dict[str, Any]] = deque(maxlen=KEPT)
+
+    def add(self, kind: deque[dict[str, Any]], entry: dict[str, Any]) -> None:
+        self.last = next(self._seq)
+        kind.append({**entry, "seq": self.last})
+
+    def capture(self, _logger: object, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+        """A structlog processor placed before the renderer: it sees every event, keeps the
+        request decisions, and passes the event on unchanged."""
+        if event.get("event") == "request":
+            self.add(self.decisions, {key: event.get(key) for key in (
+                "route", "method", "path", "origin", "cors", "reason", "headers_set", "headers_removed", "status")})
+        return event
+
+    def since(self, seq: int) -> dict[str, Any]:
+        def after(entries: deque[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [e for e in entries if e["seq"] > seq]
+        return {"seq": self.last, "decisions": after(self.decisions), "isolation": after(self.isolation),
+                "reports": after(self.reports)}
+
+
+def coxp_command() -> str:
+    """How to run this same coxp from a shell: the console script by its absolute path (it need
+    not be on PATH, e.g. in a virtualenv), else this Python with `-m proxy`."""
+    program = sys.argv[0]
+    found = program if os.sep in program else shutil.which(program)
+    if found and os.path.basename(found) == "coxp":
+        return shlex.quote(os.path.abspath(found))
+    return shlex.join([sys.executable, "-m", "proxy"])
+
+
+def demo_origin(settings: dict[str, str], log: DemoLog) -> web.Application:
+    """The demo origin: the page (served directly) and the files and API coxp fronts."""
+    def static(name: str, content_type: str):
+        async def handler(_: web.Request) -> web.Response:
+            return web.Response(text=SITE.joinpath(name).read_text(encoding="utf-8"), content_type=content_type)
+        return handler
+
     async def index(_: web.Request) -> web.Response:
-        return web.Response(text=INDEX.replace("PROXY", proxy_url), content_type="text/html")
+        page = SITE.joinpath("index.html").read_text(encoding="utf-8")
+        # "</" cannot end the JSON's <script> element early once escaped.
+        data = json.dumps(settings).replace("</", "<\\/")
+        return web.Response(text=page.replace("{{DEMO_SETTINGS}}", data), content_type="text/html")
+
+    async def read_log(request: web.Request) -> web.Response:
+        try:
+            since = int(request.query.get("since", "0"))
+        except ValueError:
+            raise web.HTTPBadRequest(text="since must be an integer") from None
+        return web.json_response(log.since(since), headers={"Cache-Control": "no-store"})
+
+    async def logo(_: web.Request) -> web.Response:
+        return web.Response(body=LOGO, content_type="image/png")
 
     async def hello(_: web.Request) -> web.Response:
         return web.json_response({"hello": "from the origin", "note": "no CORS headers were sent by me"})
 
+    async def headers(_: web.Request) -> web.Response:
+        return web.json_response({"see": "the response headers"},
+                                 headers={"X-Request-Id": "req-4711", "X-Internal-Build": "b1234"})
+
     async def echo(request: web.Request) -> web.Response:
         return web.json_response({"you_sent": await request.text()})
 
-    async def whoami(request: web.Request) -> web.Response:
-        response = web.json_response({"cookie": request.headers.get("Cookie")})
-        response.set_cookie("demo", "1", samesite="None", secure=False)
+    async def partner(_: web.Request) -> web.Response:
+        return web.json_response({"for": "partner.example.test only"})
+
+    async def login(_: web.Request) -> web.Response:
+        response = web.json_response({"signed_in": "demo"})
+        response.set_cookie("demo_session", "demo", httponly=True, samesite="Lax", path="/")
         return response
 
-    async def isolated(_: web.Request) -> web.Response:
-        return web.Response(text=ISOLATED, content_type="text/html")
+    async def me(request: web.Request) -> web.Response:
+        if request.cookies.get("demo_session") != "demo":
+            return web.json_response({"user": None, "why": "no session cookie arrived"}, status=401)
+        return web.json_response({"user": "demo"})
 
-    app = web.Application()
+    async def isolation_result(request: web.Request) -> web.Response:
+        found = await _json_object(request)
+        log.add(log.isolation, {"isolated": found.get("isolated") is True,
+                                "shared_array_buffer": found.get("shared_array_buffer") is True})
+        return web.Response(status=204)
+
+    async def reports(request: web.Request) -> web.Response:
+        # Reporting API delivery: a JSON array of reports (application/reports+json).
+        try:
+            body = json.loads(await request.text())
+        except ValueError:
+            raise web.HTTPBadRequest(text="not JSON") from None
+        for report in body if isinstance(body, list) else []:
+            if isinstance(report, dict):
+                log.add(log.reports, {"type": report.get("type"), "url": report.get("url"), "body": report.get("body")})
+        return web.Response(status=204)
+
+    app = web.Application(client_max_size=64 * 1024)
     app.router.add_get("/", index)
+    app.router.add_get("/demo.js", static("demo.js", "text/javascript"))
+    app.router.add_get("/demo.css", static("demo.css", "text/css"))
+    app.router.add_get("/assets/demo.css", static("demo.css", "text/css"))
+    app.router.add_get("/demo/log", read_log)
+    for path in ("/logo.png", "/assets/logo.png", "/private-assets/logo.png"):
+        app.router.add_get(path, logo)
     app.router.add_get("/api/hello", hello)
+    app.router.add_get("/api/headers", headers)
     app.router.add_put("/api/echo", echo)
-    app.router.add_get("/api/whoami", whoami)
-    app.router.add_get("/isolated/", isolated)
+    app.router.add_get("/partner/data", partner)
+    app.router.add_post("/account/login", login)
+    app.router.add_get("/account/me", me)
+    app.router.add_get("/isolated/", static("isolated.html", "text/html"))
+    app.router.add_post("/isolated/result", isolation_result)
+    app.router.add_get("/isolated/embed.html", static("embed.html", "text/html"))
+    app.router.add_get("/report-only/frame.html", static("report-frame.html", "text/html"))
+    app.router.add_post("/reports", reports)
     return app
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        found = json.loads(await request.text())
+    except ValueError:
+        raise web.HTTPBadRequest(text="not JSON") from None
+    return found if isinstance(found, dict) else {}
 
 
 def demo_config_path() -> str:
     return str(importlib.resources.files("proxy").joinpath("demo.toml"))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _capture_decisions(log: DemoLog) -> None:
+    """Put `log.capture` in front of the configured processors (the renderer stays last)."""
+    processors = structlog.get_config()["processors"]
+    structlog.configure(processors=[log.capture, *processors])
 
 
 async def _run(port: int) -> int:
-    port = port or _free_port()  # --port 0: a free one, known before the page embeds the URL
-    origin_port = _free_port()
-    proxy_url = f"http://127.0.0.1:{port}"
     path = demo_config_path()
-    overrides = {"proxy": {"listen": f"127.0.0.1:{port}", "upstream": f"http://127.0.0.1:{origin_port}"}}
-    try:
-        config = load_config(path, overrides)
-    except ConfigError as error:
-        print("\n".join(error.lines()), file=sys.stderr)
-        return 2
-    logs.configure("console", config.log.level)
-    runner = web.AppRunner(demo_origin(proxy_url), access_log=None, handle_signals=False)
+    with open(path, encoding="utf-8") as file:
+        text = file.read()
+    if port == 0:
+        # The port is written into the config's URLs, so it is picked before the config is read.
+        port = free_localhost_port()
+    log = DemoLog()
+    settings = {"coxp": coxp_command(), "config": path, "proxy": f"http://localhost:{port}"}
+    runner = web.AppRunner(demo_origin(settings, log), access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", origin_port).start()
-    print(
-        f"""
-coxp demo
-  demo origin  http://127.0.0.1:{origin_port}  (a backend that sends no cross-origin headers)
-  coxp         {proxy_url}  (config: {path})
-
-Open http://localhost:{origin_port}/ in a browser: the page calls the API through coxp from
-another origin; every decision is logged below. Then try, in another terminal:
-  coxp explain -c {path} -X OPTIONS -H 'Origin: http://localhost:3000' \\
-      -H 'Access-Control-Request-Method: PUT' {proxy_url}/api/echo
-Stop with Ctrl-C.
-""",
-        flush=True,
-    )
     try:
-        return await serve(config, path, overrides)
+        # The page is opened as http://localhost:ORIGIN_PORT: listen where browsers look for it.
+        origin_sockets = bind_listeners(Endpoint("localhost", 0))
+        for sock in origin_sockets:
+            await web.SockSite(runner, sock).start()
+        origin_port = origin_sockets[0].getsockname()[1]
+        try:
+            config = _load(text, path, port, origin_port)
+        except ConfigError as error:
+            print("\n".join(error.lines()), file=sys.stderr)
+            return 2
+        logs.configure("console", config.log.level)
+        _capture_decisions(log)
+        return await serve(config, path, None, announce=lambda _: print(_banner(origin_port, settings), flush=True))
     finally:
         await runner.cleanup()
+
+
+def free_localhost_port() -> int:
+    """A port free on every address of localhost (released again: the proxy binds it next)."""
+    sockets = bind_listeners(Endpoint("localhost", 0))
+    port: int = sockets[0].getsockname()[1]
+    for sock in sockets:
+        sock.close()
+    return port
+
+
+def _load(text: str, path: str, port: int, origin_port: int) -> Config:
+    """demo.toml with the picked ports: the proxy's own in its URLs and [proxy].listen, the demo
+    origin's as [proxy].upstream."""
+    overrides = {"proxy": {"listen": f"localhost:{port}", "upstream": f"http://127.0.0.1:{origin_port}"}}
+    return load_config_text(text.replace(CONFIG_PORT, f"localhost:{port}"), source=path, overrides=overrides)
+
+
+def _banner(origin_port: int, settings: dict[str, str]) -> str:
+    page = f"http://localhost:{origin_port}/"
+    return f"""
+coxp demo
+  open        {page}   (the demo page: one panel per cross-origin scenario)
+  demo origin http://127.0.0.1:{origin_port}   (a backend that sends no cross-origin headers)
+  coxp        {settings["proxy"]}   (config: {settings["config"]})
+
+Every decision is logged below. To see the exact headers coxp sets for one request, in another
+terminal:
+  {settings["coxp"]} explain -c {shlex.quote(settings["config"])} -X OPTIONS \\
+      -H 'Origin: http://localhost:{origin_port}' -H 'Access-Control-Request-Method: PUT' \\
+      -H 'Access-Control-Request-Headers: content-type, x-demo' {settings["proxy"]}/api/echo
+Stop with Ctrl-C.
+"""
 
 
 def run_demo(port: int) -> int:

@@ -329,29 +329,52 @@ def test_demo_starts_prints_urls_and_serves_through_the_proxy(tmp_path):
     try:
         demo.wait_line(lambda line: "listening" in line)
         text = "\n".join(demo.lines)
-        assert f"http://127.0.0.1:{port}" in text
-        origin_line = demo.wait_line(lambda line: "demo origin" in line)
-        origin_port = int(re.search(r"http://127\.0\.0\.1:(\d+)", origin_line).group(1))
+        assert f"coxp        http://localhost:{port}" in text
+        origin_port = int(re.search(r"open\s+http://localhost:(\d+)/", text).group(1))
         assert origin_port != port
-        assert f"http://localhost:{origin_port}/" in text  # the page to open
 
         page = http_request(origin_port, "GET", "/", host=f"localhost:{origin_port}")
         assert page.status == 200 and b"<h1>coxp demo</h1>" in page.body
-        assert f"http://127.0.0.1:{port}/api/hello".encode() in page.body
+        assert f'"proxy": "http://localhost:{port}"'.encode() in page.body
 
         origin = f"http://localhost:{origin_port}"
-        hello = http_request(port, "GET", "/api/hello", [("Origin", origin)], host=f"127.0.0.1:{port}")
+        hello = http_request(port, "GET", "/api/hello", [("Origin", origin)], host=f"localhost:{port}")
         assert hello.status == 200 and json.loads(hello.body)["hello"] == "from the origin"
         assert hello.policy == norm([("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
                                      ("Access-Control-Expose-Headers", "x-request-id")])
         preflight = http_request(port, "OPTIONS", "/api/echo", [("Origin", origin),
                                  ("Access-Control-Request-Method", "PUT"),
-                                 ("Access-Control-Request-Headers", "content-type, x-demo")], host=f"127.0.0.1:{port}")
+                                 ("Access-Control-Request-Headers", "content-type, x-demo")], host=f"localhost:{port}")
         assert preflight.status == 204
         assert preflight.value("Access-Control-Allow-Origin") == origin
-        isolated = http_request(port, "GET", "/isolated/", host=f"127.0.0.1:{port}")
+        isolated = http_request(port, "GET", "/isolated/", host=f"localhost:{port}")
         assert isolated.value("Cross-Origin-Opener-Policy") == "same-origin"
         assert isolated.value("Cross-Origin-Embedder-Policy") == "require-corp"
+        report_only = http_request(port, "GET", "/report-only/frame.html", host=f"localhost:{port}")
+        assert report_only.value("Reporting-Endpoints") == f'demo="http://localhost:{port}/reports"'
+
+        # The page reads coxp's decisions from the demo origin's /demo/log.
+        log = json.loads(http_request(origin_port, "GET", "/demo/log?since=0", host=f"localhost:{origin_port}").body)
+        assert [(d["method"], d["path"], d["route"], d["cors"]) for d in log["decisions"]][:2] == [
+            ("GET", "/api/hello", "api", "allowed"), ("OPTIONS", "/api/echo", "api", "preflight-allowed")]
+    finally:
+        assert demo.stop() == 0
+
+
+def test_demo_next_step_command_works_as_printed(tmp_path):
+    demo = Coxp(["-m", "proxy", "demo", "--port", "0"], cwd=tmp_path).start(ready=None)
+    try:
+        demo.wait_line(lambda line: "listening" in line)
+        text = "\n".join(demo.lines)
+        lines = demo.lines[next(i for i, line in enumerate(demo.lines) if " explain " in line):]
+        command = "\n".join(lines[:next(i for i, line in enumerate(lines) if line.endswith("/api/echo")) + 1])
+        origin_port = re.search(r"open\s+http://localhost:(\d+)/", text).group(1)
+        assert f"'Origin: http://localhost:{origin_port}'" in command  # the page's real origin
+        # A shell without the venv on PATH: the printed command names coxp by its full path.
+        result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=WAIT,
+                                env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "route:          api" in result.stdout and "preflight" in result.stdout
     finally:
         assert demo.stop() == 0
 
@@ -360,10 +383,10 @@ def test_demo_port_0_picks_a_free_port_and_prints_it(tmp_path):
     demo = Coxp(["-m", "proxy", "demo", "--port", "0"], cwd=tmp_path).start(ready=None)
     try:
         line = demo.wait_line(lambda l: "listening" in l)
-        port = int(re.search(r"listen=127\.0\.0\.1:(\d+)", line).group(1))
+        port = int(re.search(r"listen=localhost:(\d+)", line).group(1))
         assert port != 0
-        assert any(f"coxp         http://127.0.0.1:{port}" in l for l in demo.lines)
-        hello = http_request(port, "GET", "/api/hello", host=f"127.0.0.1:{port}")
+        assert any(f"coxp        http://localhost:{port}" in l for l in demo.lines)
+        hello = http_request(port, "GET", "/api/hello", host=f"localhost:{port}")
         assert hello.status == 200
     finally:
         assert demo.stop() == 0
