@@ -2,7 +2,7 @@
 """Side-by-side benchmark: coxp vs nginx vs Caddy vs the origin itself (issue 5).
 
 Everything runs on 127.0.0.1, each server on its own free port, and stops by itself:
-  origin   nginx, one worker, /api/small.json (~100 B) and /files/1m.bin (1 MiB)   CPU 0
+  origin   nginx, one worker, /api/small.json (~100 B), /files/100k.bin, /files/1m.bin  CPU 0
   coxp     `coxp run -c bench/coxp.toml` in front of the origin                     CPU 0
   coxp-w2  the same with `workers = 2`                                               unpinned
   nginx    nginx doing the same job (bench/nginx-proxy.conf)                         CPU 0
@@ -56,6 +56,13 @@ WORKLOADS = {
                     "Access-Control-Request-Headers": "x-custom"},
         "unit": "req/s",
     },
+    # Between the upstream read pause (64 KiB) and one socket read (256 KiB): a whole body that
+    # arrives while reading is paused (the size where a pooled connection once stayed paused).
+    "100k": {
+        "title": "100 KiB body (GET with Origin)",
+        "method": "GET", "path": "/files/100k.bin",
+        "headers": {"Origin": ORIGIN}, "unit": "MB/s",
+    },
     "1m": {
         "title": "1 MiB body (GET with Origin)",
         "method": "GET", "path": "/files/1m.bin",
@@ -72,6 +79,7 @@ CHECKS = [
     ("preflight, allowed", "OPTIONS", "/api/small.json",
      {"Origin": ORIGIN, "Access-Control-Request-Method": "PUT",
       "Access-Control-Request-Headers": "x-custom"}),
+    ("100 KiB GET, allowed Origin", "GET", "/files/100k.bin", {"Origin": ORIGIN}),
     ("1 MiB GET, allowed Origin", "GET", "/files/1m.bin", {"Origin": ORIGIN}),
     ("small GET, other Origin", "GET", "/api/small.json", {"Origin": "https://evil.example.test"}),
     ("small GET, no Origin", "GET", "/api/small.json", {}),
@@ -389,7 +397,7 @@ def verify(ports: dict[str, int]) -> bool:
     proxies = [t for t in ports if t in PROXIES]
     ok = True
     for t in ports:                              # every target serves the files
-        for path, size in (("/api/small.json", None), ("/files/1m.bin", MiB)):
+        for path, size in (("/api/small.json", None), ("/files/100k.bin", 100 * 1024), ("/files/1m.bin", MiB)):
             st, _, n = request(ports[t], "GET", path, {"Origin": ORIGIN})
             if st != 200 or (size and n != size):
                 log(f"verify: {t} GET {path} -> {st}, {n} bytes")
@@ -581,6 +589,7 @@ def run(args, targets, workloads, notes, work: Path, cpu_srv, cpu_wrk) -> int:
     small = json.dumps({"ok": True, "service": "coxp-bench", "items": [1, 2, 3, 4, 5],
                         "message": "hello from the origin, about one hundred bytes"}, separators=(",", ":"))
     (root / "api" / "small.json").write_text(small)
+    (root / "files" / "100k.bin").write_bytes(os.urandom(100 * 1024))
     (root / "files" / "1m.bin").write_bytes(os.urandom(MiB))
     with open(root / "files" / "1g.bin", "wb") as f:           # sparse: costs no disk
         f.truncate(1024 * MiB)

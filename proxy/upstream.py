@@ -278,14 +278,21 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_future = asyncio.get_running_loop().create_future()
         return self.head_future
 
+    def _consumed(self, size: int) -> None:
+        """`size` buffered body bytes were handed on: reading resumes once below half the mark.
+
+        Every path that takes bytes out of the buffer goes through here; a connection left
+        paused would go back to the pool deaf, and the next request on it would time out."""
+        self._buffered -= size
+        if self._paused and self._buffered < HIGH_WATER // 2:
+            self._paused = False
+            self.transport.resume_reading()
+
     async def body(self, read_timeout: float) -> AsyncIterator[bytes]:
         while True:
             if self._body:
                 data = self._body.popleft()
-                self._buffered -= len(data)
-                if self._paused and self._buffered < HIGH_WATER // 2:
-                    self._paused = False
-                    self.transport.resume_reading()
+                self._consumed(len(data))
                 yield data
                 continue
             if self.complete:
@@ -304,7 +311,7 @@ class UpstreamConnection(asyncio.Protocol):
             return None
         body = b"".join(self._body)
         self._body.clear()
-        self._buffered = 0
+        self._consumed(len(body))
         return body
 
     def reusable(self) -> bool:

@@ -12,6 +12,7 @@ exit) with a bound.
                    `read_and_answer_ok` (the default) and `answer_as_query_asks`, driven by the
                    request's query so that one shared proxy serves a whole table of cases.
 * `RawUpstream` -- a TCP server answering with exact bytes, for what aiohttp would never send.
+* `StaticNginx` -- a real nginx serving a directory's files, as an upstream.
 * `Coxp`        -- a running `python -m proxy ARGS` (run, dev, demo) with the stdout lines it
                    printed and the JSON ones among them as `events`; waits for lines and events,
                    signals, stops. `start_coxp` writes a config and `coxp run -c`s it.
@@ -30,6 +31,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -271,6 +273,51 @@ class RawUpstream:
             await self.server.wait_closed()
 
         self.loop.run(stop())
+
+
+class StaticNginx:
+    """nginx (one worker, keep-alive) serving the files of `root` on a free loopback port."""
+
+    def __init__(self, root: Path, work: Path) -> None:
+        self.port = free_port()
+        work.mkdir(parents=True, exist_ok=True)
+        # As root, nginx's worker would drop to `nobody`, who cannot read pytest's private tmp dirs.
+        user = "user root root;" if os.geteuid() == 0 else ""
+        conf = work / "nginx.conf"
+        conf.write_text(
+            f"{user}\nworker_processes 1;\npid {work}/nginx.pid;\nerror_log {work}/error.log warn;\n"
+            "events { worker_connections 256; }\n"
+            "http {\n default_type application/octet-stream;\n access_log off;\n"
+            + "".join(f" {kind}_temp_path {work}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+            + f" server {{ listen 127.0.0.1:{self.port}; root {root}; location / {{ }} }}\n}}\n"
+        )
+        nginx = next((p for p in ("/usr/sbin/nginx", "/usr/bin/nginx") if os.path.exists(p)), "nginx")
+        self.process = subprocess.Popen([nginx, "-p", str(work), "-e", str(work / "error.log"), "-c", str(conf),
+                                         "-g", "daemon off;"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE)
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.close()
+                    raise AssertionError(f"nginx did not start: {self.process.stderr.read().decode(errors='replace')}")
+                time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)  # graceful: workers exit with the master
+            try:
+                self.process.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(WAIT)
 
 
 def answer_with(data: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[None]]:
