@@ -46,13 +46,19 @@ HOP_BY_HOP = frozenset(
 )
 
 
+# What `Allow` names in coxp's own answers (`OPTIONS *`, the 405 to CONNECT): the methods a
+# reverse proxy serves. CONNECT is never among them: coxp is not a tunnel (RFC 9110 §9.3.6).
+ALLOWED_METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
+
+
 class BadRequest(Exception):
     """A request coxp refuses before routing: answered with `status`, logged as `bad_request`."""
 
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.headers = headers  # extra response headers the refusal carries (`Allow` on a 405)
 
 
 @dataclass(slots=True)
@@ -109,6 +115,11 @@ def parse_head(head: bytes, limits: Limits) -> RequestHead:
         raise BadRequest(431, "too-many-headers")
     text = head.decode("latin-1")
     request_line_end = text.index("\r\n")
+    if text[:8].upper() == "CONNECT ":
+        # In any target form and before anything else is judged: servers read a CONNECT as
+        # bodiless (RFC 9110 §9.3.6), so its body would reach the upstream as a second, smuggled
+        # request. Any letter case: some servers upper-case methods before they compare them.
+        raise BadRequest(405, "connect-not-allowed", (("Allow", ALLOWED_METHODS),))
     usual = _REQUEST_LINE.fullmatch(text, 0, request_line_end)
     if usual is not None:
         method, target, minor = usual.group(1), usual.group(2), int(usual.group(3))
@@ -125,7 +136,7 @@ def parse_head(head: bytes, limits: Limits) -> RequestHead:
     length_values: list[str] = []
     codings: list[str] = []
     connection: set[str] = set()
-    upgrade = ""
+    upgrades: list[str] = []
     expect = ""
     for name, value in headers:
         lower = name.lower()
@@ -138,7 +149,7 @@ def parse_head(head: bytes, limits: Limits) -> RequestHead:
         elif lower == "connection":
             connection.update(t.strip().lower() for t in value.split(",") if t.strip())
         elif lower == "upgrade":
-            upgrade = value.lower()
+            upgrades.append(value)
         elif lower == "expect":
             expect = value.lower()
 
@@ -160,7 +171,7 @@ def parse_head(head: bytes, limits: Limits) -> RequestHead:
         chunked = True
 
     keep_alive = "close" not in connection if minor >= 1 else "keep-alive" in connection
-    websocket = "upgrade" in connection and "websocket" in upgrade and method == "GET"
+    websocket = _is_websocket(method, connection, upgrades)
     return RequestHead(
         method=method,
         target=target,
@@ -175,6 +186,29 @@ def parse_head(head: bytes, limits: Limits) -> RequestHead:
         websocket=websocket,
         expect_continue=expect == "100-continue",
     )
+
+
+def list_elements(value: str) -> list[str]:
+    """The lower-cased elements of a comma-separated field value, empty ones ignored (RFC 9110 §5.6.1)."""
+    return [element.strip(" \t").lower() for element in value.split(",") if element.strip(" \t")]
+
+
+def _is_websocket(method: str, connection: set[str], upgrades: list[str]) -> bool:
+    """A WebSocket handshake (RFC 6455 §4.1): a GET with `upgrade` among the Connection tokens and
+    one Upgrade line naming `websocket` alone. What two parsers could read two ways is refused:
+    two Upgrade lines (one may take the first, another the last) or `websocket` listed with
+    another protocol (a tunnel opened for one would carry the other, e.g. h2c past every route).
+    Any other Upgrade is dropped with the hop-by-hop headers and the request is an ordinary one."""
+    if not upgrades:
+        return False
+    if len(upgrades) > 1:
+        raise BadRequest(400, "repeated-upgrade")
+    protocols = list_elements(upgrades[0])
+    if "websocket" not in protocols:
+        return False
+    if len(protocols) > 1:
+        raise BadRequest(400, "ambiguous-upgrade")
+    return method == "GET" and "upgrade" in connection
 
 
 def _parse_request_line(line: bytes) -> tuple[str, str, int]:

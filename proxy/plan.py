@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol
 
-from proxy.http1 import text_body
+from proxy.http1 import ALLOWED_METHODS, text_body
 from proxy.model import Config, Route, Upstream
 from proxy.policy import Answer, Decision, EditResult, proxy_response_headers
 
@@ -20,7 +20,7 @@ TEXT = "text/plain; charset=utf-8"
 
 # RFC 9110 §9.3.7: `OPTIONS *` asks about the server as a whole; there is no resource to
 # forward it to, so coxp answers with the methods it relays.
-OPTIONS_ASTERISK = Answer(204, "", (("Allow", "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"),))
+OPTIONS_ASTERISK = Answer(204, "", (("Allow", ALLOWED_METHODS),))
 NO_UPSTREAM = Answer(404, "not-found: no route matches and no upstream is configured", closes=True)
 # RFC 9110 §15.5.14: refused before any byte of the body is read; the unread body ends the
 # connection.

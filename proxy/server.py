@@ -102,7 +102,8 @@ class ProxyServer:
     def refuse(self, conn: ClientConnection, refused: BadRequest) -> None:
         """Requests rejected before routing: a short answer, the connection closed, a log line."""
         body = text_body(f"{refused.status} {refused.reason}")
-        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))), ("Connection", "close")]
+        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))), *refused.headers,
+                   ("Connection", "close")]
         conn.write(serialize_head(refused.status, headers) + body)
         self.metrics.bad_request(refused.status)
         self.state.log.info("bad_request", status=refused.status, reason=refused.reason, peer=conn.peer_ip)

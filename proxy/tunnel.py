@@ -13,7 +13,7 @@ import httptools
 
 from proxy.connection import ClientConnection
 from proxy.forwarding import UpstreamFailure, is_trusted, upstream_headers, upstream_ssl_context
-from proxy.http1 import RequestHead, serialize_fields, serialize_head
+from proxy.http1 import RequestHead, list_elements, serialize_fields, serialize_head
 from proxy.model import Upstream
 from proxy.policy import Decision, EditResult, apply_edits
 from proxy.upstream import MAX_RESPONSE_HEAD, UpstreamConnectError, connecting, repair_head
@@ -41,7 +41,8 @@ async def open_tunnel(
     """
     settings = state.config.proxy
     headers = upstream_headers(head, settings, upstream, conn.peer_ip, scheme, is_trusted(conn.peer_ip, settings.trusted_proxies))
-    headers += [("Connection", "Upgrade"), ("Upgrade", next(v for n, v in head.headers if n.lower() == "upgrade"))]
+    # The protocol is named by coxp itself: the client's line was checked to say exactly this.
+    headers += [("Connection", "Upgrade"), ("Upgrade", "websocket")]
     request = f"{head.method} {head.target} HTTP/1.1\r\n".encode("latin-1") + serialize_fields(headers)
     tls = upstream_ssl_context(settings) if upstream.tls else None
     try:
@@ -55,12 +56,15 @@ async def open_tunnel(
     try:
         writer.write(request)
         status, response_headers = await _response_head(reader, settings.read_timeout)
+        if status == 101 and not _switches_to_websocket(response_headers):
+            # A tunnel to anything but WebSocket would carry traffic no route has seen (RFC 9110 §7.8).
+            raise UpstreamFailure(502, "upstream-invalid-response", "101 without Upgrade: websocket")
         kept = [(n, v) for n, v in response_headers if n.lower() not in ("connection", "upgrade")]
         edited = apply_edits(decision.edits, kept)
         on_answer(status, edited)
         out = edited.headers
         if status == 101:
-            out += [("Connection", "Upgrade"), ("Upgrade", next((v for n, v in response_headers if n.lower() == "upgrade"), "websocket"))]
+            out += [("Connection", "Upgrade"), ("Upgrade", "websocket")]
         else:
             out.append(("Connection", "close"))
         conn.write(serialize_head(status, out))
@@ -69,6 +73,11 @@ async def open_tunnel(
         return status, edited
     finally:
         writer.close()
+
+
+def _switches_to_websocket(headers: list[tuple[str, str]]) -> bool:
+    """The 101 names `websocket` and nothing else in its Upgrade field(s)."""
+    return [protocol for n, v in headers if n.lower() == "upgrade" for protocol in list_elements(v)] == ["websocket"]
 
 
 class _HeadFields:

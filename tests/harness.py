@@ -722,14 +722,14 @@ def http_request(port: int, method: str, target: str, headers=(), body: bytes | 
     return send(("127.0.0.1", port), request_bytes(method, target, headers, body or b"", host), method)
 
 
-def websocket_handshake(port: int, target: str, headers=(), host: str | None = None):
-    """Send a WebSocket upgrade; returns (status, headers, socket) -- the socket stays open
-    for frames when the status is 101 (the caller closes it)."""
+def websocket_handshake(port: int, target: str, headers=(), host: str | None = None, upgrade: str = "websocket"):
+    """Send a WebSocket upgrade (`Upgrade: <upgrade>`); returns (status, headers, socket) -- the
+    socket stays open for frames when the status is 101 (the caller closes it)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
     key = base64.b64encode(os.urandom(16)).decode()
-    upgrade = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Key", key),
+    fields = [("Upgrade", upgrade), ("Connection", "Upgrade"), ("Sec-WebSocket-Key", key),
                ("Sec-WebSocket-Version", "13"), *headers]
-    sock.sendall(request_bytes("GET", target, upgrade, host=host or f"127.0.0.1:{port}"))
+    sock.sendall(request_bytes("GET", target, fields, host=host or f"127.0.0.1:{port}"))
     head = Reader(sock).head()  # nothing follows a 101 before the client's first frame
     return head.status, head.headers, sock
 

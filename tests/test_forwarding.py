@@ -399,6 +399,91 @@ def test_websocket_echo_through_the_proxy(coxp, upstream, loop):
     assert (request["status"], request["upstream_status"], request["path"]) == (101, 101, "/ws")
 
 
+# --- CONNECT and Upgrade: what could open a tunnel past the routes ---------------------------------
+
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: example.test\r\n\r\n"
+
+
+@pytest.mark.parametrize("method, target", [("CONNECT", "/api/x"), ("CONNECT", "a.test:443"),
+                                            ("CONNECT", "http://a.test/"), ("CONNECT", "*"), ("connect", "/api/x")])
+def test_connect_is_405_never_forwarded_and_leaves_the_pooled_connection_clean(proxy, upstream, method, target):
+    with proxy.connect() as sock:
+        reader = Reader(sock)
+        sock.sendall(request_bytes("GET", "/before"))
+        assert reader.response().status == 200
+    response = exchange(proxy, request_bytes(method, target, [("Content-Length", str(len(SMUGGLED)))], SMUGGLED))
+    assert (response.status, response.value("connection")) == (405, "close")
+    assert "GET" in response.value("allow") and "CONNECT" not in response.value("allow").upper()
+    assert (proxy.wait_event("bad_request")["reason"], proxy.events_named("request", path=target)) == ("connect-not-allowed", [])
+    assert get(proxy, "/after").body == b"ok"
+    seen = upstream.wait_seen(2)
+    assert [s.raw_path for s in seen] == ["/before", "/after"]
+    assert seen[0].client_port == seen[1].client_port  # the same pooled connection, not poisoned
+
+
+UPGRADE_REFUSED = {
+    "h2c-then-websocket": [("Upgrade", "h2c"), ("Upgrade", "websocket")],
+    "websocket-then-h2c": [("Upgrade", "websocket"), ("Upgrade", "h2c")],
+    "two-websocket-lines": [("Upgrade", "websocket"), ("Upgrade", "websocket")],
+    "mixed-list": [("Upgrade", "h2c, websocket")],
+}
+
+
+@pytest.mark.parametrize("lines", UPGRADE_REFUSED.values(), ids=UPGRADE_REFUSED.keys())
+def test_several_upgrade_lines_or_a_mixed_list_are_400(proxy, upstream, lines):
+    raw = request_bytes("GET", "/ws", [("Connection", "Upgrade"), *lines, ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                                       ("Sec-WebSocket-Version", "13")])
+    response = exchange(proxy, raw)
+    assert (response.status, response.value("connection")) == (400, "close")
+    assert proxy.wait_event("bad_request")["status"] == 400
+    get(proxy, "/after")
+    assert [s.raw_path for s in upstream.wait_seen()] == ["/after"]
+
+
+@pytest.mark.parametrize("method, connection, upgrade", [
+    ("GET", "Upgrade, HTTP2-Settings", "h2c"),  # h2c is never tunnelled
+    ("POST", "Upgrade, HTTP2-Settings", "websocket"),  # only a GET is a WebSocket handshake
+    ("GET", "keep-alive, HTTP2-Settings", "websocket"),  # no `upgrade` in Connection
+])
+def test_other_upgrades_are_dropped_and_the_request_forwarded_as_an_ordinary_one(proxy, upstream, method, connection, upgrade):
+    extra = [("Connection", connection), ("Upgrade", upgrade), ("HTTP2-Settings", "AAMAAABkAAQCAAAAAAIAAAAA")]
+    with proxy.connect() as sock:
+        reader = Reader(sock)
+        sock.sendall(request_bytes(method, "/plain", extra, body=b"x" if method == "POST" else b""))
+        first = reader.response(method)
+        sock.sendall(request_bytes("GET", "/next"))
+        second = reader.response()
+    assert (first.status, first.body, second.status) == (200, b"ok", 200)  # an ordinary, kept-alive exchange
+    seen = upstream.wait_seen(2)[0]
+    assert (seen.method, seen.value("upgrade"), seen.value("http2-settings")) == (method, None, None)
+    assert "upgrade" not in (seen.value("connection") or "").lower()
+
+
+def test_the_upstream_is_asked_for_exactly_websocket(coxp, raw_upstream):
+    switching = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    upstream = raw_upstream(answer_with(switching))
+    proxy = coxp(config_text(upstream.url))
+    status, headers, sock = websocket_handshake(proxy.port, "/ws", [("X-Case", "1")], upgrade="WebSocket")
+    sock.close()
+    assert status == 101
+    assert [v for n, v in headers if n.lower() == "upgrade"] == ["websocket"]
+    sent = upstream.heads[0].decode("latin-1").split("\r\n")
+    assert [line for line in sent if line.lower().startswith("upgrade:")] == ["Upgrade: websocket"]
+
+
+@pytest.mark.parametrize("upgrade", [b"", b"Upgrade: h2c\r\n", b"Upgrade: websocket, h2c\r\n"],
+                         ids=["no-upgrade", "h2c", "websocket-and-h2c"])
+def test_a_101_that_does_not_switch_to_websocket_is_502(coxp, raw_upstream, upgrade):
+    switching = b"HTTP/1.1 101 Switching Protocols\r\n" + upgrade + b"Connection: Upgrade\r\n\r\nPRI * HTTP/2.0"
+    proxy = coxp(config_text(raw_upstream(answer_with(switching)).url))
+    status, headers, sock = websocket_handshake(proxy.port, "/ws")
+    with sock:
+        assert Reader(sock).closed()
+    assert status == 502
+    assert proxy.wait_event("upstream_error")["reason"] == "upstream-invalid-response"
+    assert proxy.wait_event("request")["status"] == 502
+
+
 # --- malformed requests -----------------------------------------------------------------------------
 
 MALFORMED = {
@@ -414,7 +499,6 @@ MALFORMED = {
     "missing-host": request_bytes("GET", "/", host=None),
     "repeated-host": request_bytes("GET", "/", [("Host", "b.test")]),
     "absolute-form": request_bytes("GET", "http://a.test/"),
-    "authority-form": request_bytes("CONNECT", "a.test:443"),
     "asterisk-not-options": request_bytes("GET", "*"),
     "space-before-colon": b"GET / HTTP/1.1\r\nHost: a.test\r\nX-A : 1\r\n\r\n",
     "bare-lf": b"GET / HTTP/1.1\nHost: a.test\n\n",

@@ -84,7 +84,6 @@ REFUSED = [
     (head("GET / HTTP/1.1", "Host: a", ": empty name"), 400, "malformed-header-field"),
     (head("GET / HTTP/1.1", "Host: a", "X\x00: a"), 400, "malformed-header-field"),
     (head("GET http://a/ HTTP/1.1", "Host: a"), 400, "request-target-not-origin-form"),
-    (head("CONNECT a:443 HTTP/1.1", "Host: a"), 400, "request-target-not-origin-form"),
     (head("GET * HTTP/1.1", "Host: a"), 400, "request-target-not-origin-form"),
     (head("GET /a#f HTTP/1.1", "Host: a"), 400, "malformed-request-target"),
     (head("GET /\xe9 HTTP/1.1", "Host: a"), 400, "malformed-request-target"),
@@ -96,7 +95,45 @@ REFUSED = [
     (head("GET / HTTP/2.0", "Host: a"), 505, "http-version-not-supported"),
     (head("GET / HTTP/1.1", "Host: a", "X: \rb"), 400, "bare-cr-or-lf"),
     (head("GET / HTTP/1.1", "Host: a", "A: 1", "B: 2", "C: 3", "D: 4"), 431, "too-many-headers"),
+    # CONNECT in any form, before anything else is judged (even a missing Host).
+    (head("CONNECT a:443 HTTP/1.1", "Host: a"), 405, "connect-not-allowed"),
+    (head("CONNECT /api/x HTTP/1.1", "Host: a", "Content-Length: 5"), 405, "connect-not-allowed"),
+    (head("CONNECT http://a/ HTTP/1.1", "Host: a"), 405, "connect-not-allowed"),
+    (head("CONNECT * HTTP/1.1"), 405, "connect-not-allowed"),
+    (head("connect /x HTTP/1.1", "Host: a"), 405, "connect-not-allowed"),
+    # Upgrade: one line, and websocket alone when it is named at all.
+    (head("GET / HTTP/1.1", "Host: a", "Connection: upgrade", "Upgrade: h2c", "Upgrade: websocket"), 400, "repeated-upgrade"),
+    (head("GET / HTTP/1.1", "Host: a", "Upgrade: websocket", "Upgrade: websocket"), 400, "repeated-upgrade"),
+    (head("POST / HTTP/1.1", "Host: a", "Upgrade: foo", "Upgrade: bar"), 400, "repeated-upgrade"),
+    (head("GET / HTTP/1.1", "Host: a", "Connection: upgrade", "Upgrade: h2c, websocket"), 400, "ambiguous-upgrade"),
+    (head("GET / HTTP/1.1", "Host: a", "Connection: upgrade", "Upgrade: websocket, websocket"), 400, "ambiguous-upgrade"),
 ]
+
+
+def test_connect_is_answered_405_with_an_allow_that_does_not_name_it():
+    with pytest.raises(BadRequest) as refused:
+        parse(head("CONNECT a:443 HTTP/1.1", "Host: a"))
+    allow = dict(refused.value.headers)["Allow"]
+    assert "GET" in allow and "CONNECT" not in allow.upper()
+
+
+WEBSOCKET = [
+    # (method, Connection, Upgrade) -> is it a WebSocket handshake?
+    (("GET", "Upgrade", "websocket"), True),
+    (("GET", "keep-alive, UPGRADE", "WebSocket"), True),
+    (("GET", "upgrade", " websocket ,"), True),
+    (("POST", "upgrade", "websocket"), False),
+    (("GET", "keep-alive", "websocket"), False),
+    (("GET", "upgrade", "h2c"), False),
+    (("GET", "upgrade", "websocket/13"), False),
+    (("GET", "upgrade", ""), False),
+]
+
+
+@pytest.mark.parametrize("request_, websocket", WEBSOCKET, ids=["|".join(r) for r, _ in WEBSOCKET])
+def test_a_websocket_handshake_is_a_get_with_upgrade_in_connection_and_websocket_alone(request_, websocket):
+    method, connection, upgrade = request_
+    assert parse(head(f"{method} /ws HTTP/1.1", "Host: a", f"Connection: {connection}", f"Upgrade: {upgrade}")).websocket is websocket
 
 
 @pytest.mark.parametrize("raw, status, reason", REFUSED, ids=[r for _, _, r in REFUSED])

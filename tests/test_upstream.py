@@ -281,7 +281,8 @@ def test_nginx_static_files_of_every_size_on_one_connection(coxp, tmp_path):
     try:
         proxy = coxp(config_text(nginx.url, E2E_LIMITS))
         sizes_in_turn(proxy, lambda size: f"/{size}.bin")
-        assert [e["status"] for e in proxy.events_named("request")] == [200] * 3 * len(SIZES)
+        proxy.wait_event("request", count=3 * len(SIZES))
+        assert {e["status"] for e in proxy.events_named("request")} == {200}
     finally:
         nginx.close()
 
