@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 from proxy.model import Limits
-from proxy.standards import TOKEN, TOKEN_BYTES_RE
+from proxy.standards import OWS, TOKEN, TOKEN_BYTES_RE
 
 # RFC 9112 §3.2: the request target must not contain whitespace or control characters;
 # obs-text (0x80-0xff) is refused too, so what we forward is exactly what every parser agrees on.
@@ -190,7 +190,7 @@ def parse_head(head: bytes, limits: Limits) -> RequestHead:
 
 def list_elements(value: str) -> list[str]:
     """The lower-cased elements of a comma-separated field value, empty ones ignored (RFC 9110 §5.6.1)."""
-    return [element.strip(" \t").lower() for element in value.split(",") if element.strip(" \t")]
+    return [element.strip(OWS).lower() for element in value.split(",") if element.strip(OWS)]
 
 
 def _is_websocket(method: str, connection: set[str], upgrades: list[str]) -> bool:
