@@ -87,7 +87,8 @@ def coxp_config(work: Path, name: str) -> Path:
 
 def start_coxp(src: Path, work: Path, name: str, origin_port: int, valgrind: bool) -> tuple:
     port = bench.free_port()
-    argv = [sys.executable, "-m", "proxy", "run", "-c", str(coxp_config(work, name)),
+    # -P: the source tree comes from PYTHONPATH, not from the working directory (the repository).
+    argv = [sys.executable, "-P", "-m", "proxy", "run", "-c", str(coxp_config(work, name)),
             "--listen", f"127.0.0.1:{port}", "--upstream", f"http://127.0.0.1:{origin_port}"]
     if valgrind:
         argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={work}/{name}.cg.%p",

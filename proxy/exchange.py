@@ -20,6 +20,7 @@ from proxy.forwarding import (
     upstream_headers,
 )
 from proxy.http1 import BadRequest, RequestHead, no_body_status, serialize_head
+from proxy.memo import MAX_KEY_CHARS, LruCache
 from proxy.model import Route
 from proxy.plan import Answer, Tunnel, answer_response, plan
 from proxy.policy import Decision, EditResult, apply_edits, decide, request_info, routing_method
@@ -31,6 +32,12 @@ if TYPE_CHECKING:
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Logged for a request whose client went away before its response was complete (nginx's code).
 CLIENT_CLOSED_REQUEST = 499
+# A proxy-made answer (a synthesized preflight, an `enforce` 403...) is the same bytes every time
+# for one decision, and `decide` hands out the same Decision object for a repeated request: the
+# serialized answer is remembered by the decision's identity. Each entry holds its decision, so
+# that identity cannot be reused while the entry lives; a reload makes new decisions, so the
+# old config's entries are never hit again and age out.
+_ANSWERS: LruCache[tuple[Decision, bytes, tuple[str, ...], tuple[str, ...]]] = LruCache(1024)
 
 
 @dataclass(slots=True)
@@ -120,12 +127,21 @@ def answer(
 
 
 def send_answer(conn: ClientConnection, decision: Decision, action: Answer, keep_alive: bool) -> Outcome:
-    edited, body = answer_response(decision, action)
-    headers = edited.headers
-    if not keep_alive:
-        headers.append(("Connection", "close"))
-    conn.write(serialize_head(action.status, headers) + body)
-    return Outcome(action.status, None, edited.set_names, edited.removed_names)
+    key = (id(decision), action, keep_alive)
+    cached = _ANSWERS.get(key)
+    if cached is not None and cached[0] is decision:
+        _, response, set_names, removed_names = cached
+    else:
+        edited, body = answer_response(decision, action)
+        headers = edited.headers
+        if not keep_alive:
+            headers.append(("Connection", "close"))
+        response = serialize_head(action.status, headers) + body
+        set_names, removed_names = tuple(edited.set_names), tuple(edited.removed_names)
+        if len(decision.origin or "") <= MAX_KEY_CHARS:
+            _ANSWERS.put(key, (decision, response, set_names, removed_names))
+    conn.write(response)
+    return Outcome(action.status, None, list(set_names), list(removed_names))
 
 
 def upstream_failed(

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
+from proxy.memo import LruCache
+
 Mode = Literal["set", "default", "remove", "pass"]
 Header = tuple[str, str]  # (name, value) as sent
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -150,6 +152,9 @@ class PolicyEdit(NamedTuple):
     vary: tuple[str, ...] = ()  # tokens merged into Vary in set/default mode
 
 
+DECISION_CACHE_SIZE = 512
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledPolicies:
     """The parts of a route's policy decisions that depend on the configuration only, built once
@@ -164,6 +169,9 @@ class CompiledPolicies:
     cors_template: PolicyEdit | None  # the CORS edit of an actual response, headers to fill in
     preflight_template: PolicyEdit | None  # the CORS edit of a preflight answer
     preflight_denied: tuple[PolicyEdit, ...]
+    # Not configuration: `proxy.policy.decide` remembers up to DECISION_CACHE_SIZE decisions
+    # here. Built with the config, so a reload starts with an empty cache.
+    decisions: LruCache[Any] = field(default_factory=lambda: LruCache(DECISION_CACHE_SIZE), compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Final, Literal, NamedTuple
 
+from proxy.memo import MAX_KEY_CHARS
 from proxy.model import CompiledPolicies, CorsPolicy, Header, HeaderPolicy, Policies, PolicyEdit, Route
 from proxy.origins import normalize_origin
 from proxy.standards import OWS, SAFELISTED_METHODS, TOKEN_RE
@@ -224,8 +225,27 @@ def decide(route: Route, info: RequestInfo, websocket: bool = False) -> Decision
 
     `websocket=True`: CORS headers are not applied to the handshake's `101` (CONTRACT §4), but
     the CORS check still runs for the log and for `enforce`.
+
+    The result depends on nothing but the arguments, so it is remembered per route (a bounded
+    LRU, see `proxy.memo`): a repeated preflight or page origin costs one dict lookup.
     """
     c = route.compiled
+    key = (route.name, info, websocket)
+    decision = c.decisions.get(key)
+    if decision is None:
+        decision = _decide(route, c, info, websocket)
+        if _key_chars(info) <= MAX_KEY_CHARS:
+            c.decisions.put(key, decision)
+    return decision
+
+
+def _key_chars(info: RequestInfo) -> int:
+    """How much client-controlled text `info` holds."""
+    return (len(info.origin or "") + len(info.own_origin or "") + len(info.request_method or "")
+            + len(info.request_headers or ""))
+
+
+def _decide(route: Route, c: CompiledPolicies, info: RequestInfo, websocket: bool) -> Decision:
     cors = c.cors
     if cors is None:  # no CORS table, or remove/pass: the proxy does no CORS
         return Decision(route.name, "off", "off", None, info.origin, None, c.off)

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.config import load_config_text
-from proxy.model import Config, Route
+from proxy.memo import MAX_KEY_CHARS
+from proxy.model import DECISION_CACHE_SIZE, Config, Route
 from proxy.plan import Answer, answer_response, plan
 from proxy.policy import (
     Decision,
@@ -872,3 +873,27 @@ def test_random_requests_never_crash(config, method, scheme, host, headers, upst
     apply_edits(decision.edits, upstream)
     proxy_response_headers(decision, TEXT, 10)
     proxy_response_headers(decision, None, 0)
+
+
+# --- the decision cache ------------------------------------------------------------------------------
+
+
+def test_a_repeated_request_gets_the_same_decision_and_another_origin_its_own():
+    r = route(FULL)
+    first = decide(r, request_info("OPTIONS", preflight(), *SELF))
+    assert decide(r, request_info("OPTIONS", preflight(), *SELF)) is first
+    other = decide(r, request_info("OPTIONS", preflight("https://evil.test"), *SELF))
+    assert (first.cors, other.cors) == ("preflight-allowed", "preflight-denied")
+    assert decide(r, request_info("OPTIONS", preflight(), *SELF)) is first
+
+
+def test_the_decision_cache_is_bounded_and_skips_long_client_strings():
+    r = route(FULL)
+    cache = r.compiled.decisions
+    for i in range(DECISION_CACHE_SIZE + 100):
+        decide(r, request_info("GET", origin(f"https://{i}.evil.test"), *SELF))
+    assert len(cache) == DECISION_CACHE_SIZE
+    long_origin = "https://" + "a" * MAX_KEY_CHARS + ".test"
+    before = decide(r, request_info("GET", origin(long_origin), *SELF))
+    again = decide(r, request_info("GET", origin(long_origin), *SELF))
+    assert before == again and before is not again  # recomputed, not remembered

@@ -254,6 +254,31 @@ def test_sighup_with_a_valid_config_changes_behaviour(coxp, upstream):
     assert get(proxy).value("cross-origin-resource-policy") == "same-origin"
 
 
+def test_remembered_preflight_answers_follow_origin_framing_and_reload(coxp, upstream):
+    """Synthesized preflights are served from a cache: each origin still gets its own answer,
+    a request with a body still gets `Connection: close`, and a reload forgets them all."""
+    cors = '[[routes]]\nname = "api"\npaths = ["/api/*"]\n[routes.cors]\nallow_origins = [{}]\nallow_methods = ["PUT"]\n'
+    proxy = coxp(config_text(upstream.url, extra=cors.format('"https://a.test", "https://b.test"')))
+
+    def ask(origin: str, body: bytes = b""):
+        return get(proxy, "/api/x", [("Origin", origin), ("Access-Control-Request-Method", "PUT")], "OPTIONS", body)
+
+    for _ in range(3):
+        for origin in ("https://a.test", "https://b.test"):
+            response = ask(origin)
+            assert (response.status, response.value("access-control-allow-origin")) == (204, origin)
+            assert response.value("connection") is None
+    with_body = ask("https://a.test", b"x")
+    assert (with_body.status, with_body.value("connection")) == (204, "close")
+    assert ask("https://a.test").value("connection") is None
+    proxy.config_path.write_text(config_text(upstream.url, extra=cors.format('"https://b.test"')))
+    proxy.signal(signal.SIGHUP)
+    proxy.wait_event("config_reloaded")
+    assert (ask("https://a.test").status, ask("https://b.test").status) == (403, 204)
+    assert proxy.events_named("request", cors="preflight-denied", origin="https://a.test")
+    assert upstream.seen == []
+
+
 def test_sighup_with_an_invalid_config_keeps_the_old_one(coxp, upstream):
     proxy = coxp(config_text(upstream.url, extra='[defaults.corp]\npolicy = "same-origin"\n'))
     proxy.config_path.write_text(config_text(upstream.url, limits={"max_bodyy": 1}))
