@@ -1,7 +1,8 @@
-"""The `coxp` command line: run, check, explain, dev, init, demo."""
+"""The `coxp` command line: run, check, explain, report, learn, dev, init, demo."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from proxy import __version__
@@ -86,6 +87,72 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from proxy.logfile import LogReader, LogReadError
+    from proxy.summary import render_rich, render_text, summarize_events, summarize_log
+
+    config = None
+    if args.config:
+        try:
+            config = load_config(args.config)
+        except ConfigError as error:
+            return _print_problems(error)
+    reader = LogReader(args.logs)
+    try:
+        summary = summarize_events(reader.events())
+    except LogReadError as error:
+        print(f"coxp report: {error}", file=sys.stderr)
+        return 1
+    _print_skipped("report", reader)
+    result = summarize_log(summary, config, reader.lines, reader.skipped)
+    if args.json:
+        import orjson
+
+        sys.stdout.buffer.write(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    elif sys.stdout.isatty():
+        from rich.console import Console
+
+        render_rich(result, Console())
+    else:
+        sys.stdout.write(render_text(result))
+    return 0
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from proxy.config import load_config_text
+    from proxy.learn import LearnError, learn, observe
+    from proxy.logfile import LogReader, LogReadError
+
+    try:
+        config = load_config(args.config)
+        with open(args.config, encoding="utf-8") as file:
+            text = file.read()
+    except ConfigError as error:
+        return _print_problems(error)
+    reader = LogReader(args.logs)
+    try:
+        observed, notes = observe(reader.events())
+        learned, config_notes = learn(text, config, observed)
+    except (LogReadError, LearnError) as error:
+        print(f"coxp learn: {error}", file=sys.stderr)
+        return 1
+    _print_skipped("learn", reader)
+    for note in config_notes + notes:
+        print(f"coxp learn: {note}", file=sys.stderr)
+    try:
+        load_config_text(learned, source=args.config, base_dir=os.path.dirname(os.path.abspath(args.config)))
+    except ConfigError as error:  # a defect of learn itself: never print a config that does not load
+        print("coxp learn: the learned config does not pass check:", file=sys.stderr)
+        return _print_problems(error)
+    sys.stdout.write(learned)
+    return 0
+
+
+def _print_skipped(command: str, reader) -> None:
+    if reader.skipped:
+        print(f"coxp {command}: {reader.skipped} of {reader.lines} lines skipped (not JSON objects)", file=sys.stderr)
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from proxy.dev import DevOptions, run_dev
 
@@ -134,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true")
     explain.add_argument("url")
     explain.set_defaults(func=cmd_explain)
+
+    report = commands.add_parser("report", help="summarise decision logs: what breaks, and what to change")
+    report.add_argument("logs", nargs="*", metavar="FILE", help="JSON-lines decision logs; - or none = stdin")
+    report.add_argument("-c", "--config", metavar="FILE", help="the config the logs ran under (names key paths)")
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(func=cmd_report)
+
+    learn = commands.add_parser("learn", help="print FILE with CORS tables tightened to the traffic in the logs")
+    learn.add_argument("-c", "--config", required=True, metavar="FILE")
+    learn.add_argument("logs", nargs="*", metavar="LOG", help="JSON-lines decision logs; - or none = stdin")
+    learn.set_defaults(func=cmd_learn)
 
     dev = commands.add_parser(
         "dev", help="zero-config local-development CORS proxy",

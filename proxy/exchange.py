@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, AsyncIterator
 
 from proxy.buffering import read_ahead
+from proxy.collector import collect
 from proxy.connection import ClientConnection, ClientGone
 from proxy.forwarding import (
     UpstreamAborted,
@@ -24,6 +25,7 @@ from proxy.memo import MAX_KEY_CHARS, LruCache
 from proxy.model import Route
 from proxy.plan import Answer, Tunnel, answer_response, plan
 from proxy.policy import Decision, EditResult, apply_edits, decide, request_info, routing_method
+from proxy.shadow import shadow_decision
 from proxy.tunnel import open_tunnel
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ async def exchange(state: "ServingState", conn: ClientConnection, head: RequestH
     """Serve one request; True when the connection may carry another."""
     started = time.perf_counter()
     config = state.config
+    if config.reports is not None and head.path == config.reports.path:
+        return await collect(state, conn, head)
     trusted = is_trusted(conn.peer_ip, config.proxy.trusted_proxies)
     scheme, host = conn.scheme, head.host
     if trusted:
@@ -68,6 +72,7 @@ async def exchange(state: "ServingState", conn: ClientConnection, head: RequestH
     info = request_info(head.method, head.headers, scheme, host)
     route = state.router.match(head.host, head.path, routing_method(info))
     decision = decide(route, info, websocket=head.websocket)
+    shadow = shadow_decision(route, info, websocket=head.websocket)  # for the log only
     # What the upstream answered, as soon as it did: a client that leaves before the response is
     # complete is logged 499, with the upstream's status and the edits made to its head.
     answered = Outcome(CLIENT_CLOSED_REQUEST, None, [], [])
@@ -75,9 +80,9 @@ async def exchange(state: "ServingState", conn: ClientConnection, head: RequestH
         outcome, keep_alive = await _respond(state, conn, head, route, decision, scheme, trusted, answered)
     except (ClientGone, asyncio.CancelledError):
         # Still exactly one log line for the request.
-        state.log_request(head, decision, answered, started)
+        state.log_request(head, info, decision, shadow, answered, started)
         raise
-    state.log_request(head, decision, outcome, started)
+    state.log_request(head, info, decision, shadow, outcome, started)
     return keep_alive
 
 

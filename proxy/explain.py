@@ -9,8 +9,9 @@ import orjson
 from proxy.http1 import BadRequest, RequestHead, head_end, parse_head
 from proxy.model import Config
 from proxy.plan import BODY_TOO_LARGE, NO_UPSTREAM, Answer, Tunnel, answer_response, plan
-from proxy.policy import apply_edits, decide, request_info, routing_method
+from proxy.policy import Decision, apply_edits, decide, request_info, routing_method
 from proxy.routing import Router
+from proxy.shadow import shadow_decision
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,17 +29,19 @@ class Explanation:
     headers_set: list[str]
     headers_removed: list[str]
     note: str
+    shadow: Decision | None = None  # the candidate table's decision ([cors.shadow]), never applied
 
     def as_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "route": self.route, "method": self.method, "url": self.url, "origin": self.origin,
-                "cors": self.cors, "reason": self.reason, "answered_by_proxy": self.answered_by_proxy,
-                "status": self.status, "headers": [list(h) for h in self.headers], "body": self.body,
-                "headers_set": self.headers_set, "headers_removed": self.headers_removed, "note": self.note,
-            },
-            option=orjson.OPT_INDENT_2,
-        )
+        data = {
+            "route": self.route, "method": self.method, "url": self.url, "origin": self.origin,
+            "cors": self.cors, "reason": self.reason, "answered_by_proxy": self.answered_by_proxy,
+            "status": self.status, "headers": [list(h) for h in self.headers], "body": self.body,
+            "headers_set": self.headers_set, "headers_removed": self.headers_removed, "note": self.note,
+        }
+        if self.shadow is not None:  # as in the decision log: only routes with a candidate table
+            data["shadow_cors"] = self.shadow.cors
+            data["shadow_reason"] = self.shadow.reason
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2)
 
     def as_text(self) -> str:
         lines = [
@@ -47,6 +50,12 @@ class Explanation:
             f"origin:         {self.origin if self.origin is not None else '(none)'}",
             f"classification: {self.cors}",
             f"reason:         {self.reason or '-'}",
+        ]
+        if self.shadow is not None:
+            verdict = self.shadow.cors + (f" ({self.shadow.reason})" if self.shadow.reason else "")
+            differs = "same as live" if self.shadow.cors == self.cors else "differs from live"
+            lines.append(f"shadow:         {verdict}: the [cors.shadow] candidate, not applied; {differs}")
+        lines += [
             f"response:       {self.note}",
             "headers set:" if self.headers_set else "headers set:     (none)",
         ]
@@ -90,6 +99,7 @@ def explain(
     info = request_info(head.method, head.headers, parts.scheme, head.host)
     route = Router(config).match(head.host, head.path, routing_method(info))
     decision = decide(route, info, websocket=head.websocket)
+    shadow = shadow_decision(route, info, websocket=head.websocket)
     action = plan(config, route, decision, head)
     status: int | None = None
     body: bytes | None = None
@@ -115,6 +125,7 @@ def explain(
         reason=decision.reason, answered_by_proxy=status is not None, status=status,
         body=None if body is None else body.decode(),
         headers=edited.headers, headers_set=edited.set_names, headers_removed=edited.removed_names, note=note,
+        shadow=shadow,
     )
 
 

@@ -18,6 +18,14 @@ class Metrics:
             "coxp_request_duration_seconds", "Time from request head to the end of the response", ["route"],
             registry=self.registry, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self._reports = Counter(
+            "coxp_reports", "Violation reports received by the collector, by report type and disposition",
+            ["type", "disposition"], registry=self.registry,
+        )
+        self._shadow_diffs = Counter(
+            "coxp_shadow_diffs", "Requests the candidate CORS table ([cors.shadow]) decides differently, "
+            "by route and both decisions", ["route", "live", "shadow"], registry=self.registry,
+        )
         # `labels()` validates and locks on every call; the label sets are few, so their
         # children are looked up once and kept.
         self._request_children: dict[tuple[str, str, int], object] = {}
@@ -33,6 +41,12 @@ class Metrics:
         if histogram is None:
             histogram = self._duration_children[route] = self._duration.labels(route)
         histogram.observe(duration_ms / 1000)
+
+    def report(self, report_type: str, disposition: str) -> None:
+        self._reports.labels(report_type, disposition).inc()
+
+    def shadow_diff(self, route: str, live: str, shadow: str) -> None:
+        self._shadow_diffs.labels(route, live, shadow).inc()
 
     def bad_request(self, status: int) -> None:
         self._bad_requests.labels(str(status)).inc()

@@ -112,6 +112,7 @@ class CorsPolicy:
     allow_private_network: bool
     preflight: Literal["proxy", "upstream"]
     enforce: bool
+    shadow: CorsPolicy | None = None  # `[cors.shadow]`: a candidate table, decided but never applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,9 +184,20 @@ class Route:
     paths: tuple[str, ...] | None = None
     methods: frozenset[str] | None = None
     upstream: Upstream | None = None
+    # `[routes.cors.shadow]`: the route as its candidate CORS table alone would decide it (same
+    # name, no other policy); decided on every request for the log, never applied.
+    shadow: Route | None = field(default=None, compare=False, repr=False)
     # Compiled matchers; None matches everything.
     host_matches: Callable[[str], bool] | None = field(default=None, compare=False, repr=False)
     path_matches: Callable[[str], bool] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportsSettings:
+    """`[reports]`: the built-in collector of browsers' violation reports."""
+
+    path: str = "/.coxp/reports"
+    max_body_bytes: int = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,4 +210,5 @@ class Config:
     routes: tuple[Route, ...]
     default_route: Route
     warnings: tuple[str, ...] = ()  # "FILE: key.path: message", printed by `check`
+    reports: ReportsSettings | None = None  # None: no collector
     effective: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)

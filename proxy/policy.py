@@ -35,6 +35,7 @@ __all__ = [
     "apply_edits",
     "compile_policies",
     "decide",
+    "preflight_header_names",
     "proxy_response_headers",
     "request_info",
     "routing_method",
@@ -84,6 +85,7 @@ class RequestInfo(NamedTuple):
     request_headers: str | None  # every Access-Control-Request-Headers line, joined with ", "
     private_network: bool  # Access-Control-Request-Private-Network: true
     own_origin: str | None  # normalised scheme://host of the request itself
+    credentials: bool  # a Cookie or Authorization header (Fetch: "credentials"), for the log
 
     @property
     def looks_like_preflight(self) -> bool:
@@ -130,11 +132,14 @@ def request_info(method: str, headers: list[Header], scheme: str, host: str | No
     acrm: list[str] = []
     acrh: list[str] = []
     pna = False
+    credentials = False
     for name, value in headers:
-        if name[:1] not in ("o", "O", "a", "A"):  # cheap pre-filter: every name we read starts with o or a
+        if name[:1] not in ("o", "O", "a", "A", "c", "C"):  # cheap pre-filter: every name we read starts with o, a or c
             continue
         lower = name.lower()
-        if lower == "origin":
+        if lower == "cookie" or lower == "authorization":
+            credentials = True
+        elif lower == "origin":
             origins.append(value.strip(OWS))
         elif lower == "access-control-request-method":
             acrm.append(value.strip(OWS))
@@ -155,6 +160,7 @@ def request_info(method: str, headers: list[Header], scheme: str, host: str | No
         request_headers=", ".join(acrh) if acrh else None,
         private_network=pna,
         own_origin=own,
+        credentials=credentials,
     )
 
 
@@ -310,6 +316,16 @@ def _method_allowed(cors: CorsPolicy, info: RequestInfo) -> bool:
     if info.request_method_lines != 1 or not TOKEN_RE.fullmatch(method):  # type: ignore[arg-type]
         return False
     return method in SAFELISTED_METHODS or cors.any_method or method in cors.allow_methods
+
+
+def preflight_header_names(info: RequestInfo) -> list[str] | None:
+    """For the log: the header names a preflight asks for, lower-cased, in request order (`[]`
+    without Access-Control-Request-Headers); None when the request is not a preflight."""
+    if not info.looks_like_preflight:
+        return None
+    if not info.request_headers:
+        return []
+    return [e.lower() for e in (e.strip(OWS) for e in info.request_headers.split(",")) if e]
 
 
 def _requested_headers(info: RequestInfo) -> list[str] | None:

@@ -24,7 +24,7 @@ from proxy.http1 import BadRequest, RequestHead, serialize_head, text_body
 from proxy.listeners import bind_listeners
 from proxy.metrics import Metrics
 from proxy.model import Config, Endpoint
-from proxy.policy import Decision
+from proxy.policy import Decision, RequestInfo, preflight_header_names
 from proxy.routing import Router
 
 DRAIN_SECONDS = 10.0
@@ -40,9 +40,16 @@ class ServingState:
     stopping: Callable[[], bool]
     admit: Callable[[], bool]
 
-    def log_request(self, head: RequestHead, decision: Decision, outcome: Outcome, started: float) -> None:
+    def log_request(self, head: RequestHead, info: RequestInfo, decision: Decision, shadow: Decision | None,
+                    outcome: Outcome, started: float) -> None:
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
         self.metrics.observe(decision.route, decision.cors, outcome.status, duration_ms)
+        # Only routes with a candidate table carry its decision.
+        candidate = {}
+        if shadow is not None:
+            candidate = {"shadow_cors": shadow.cors, "shadow_reason": shadow.reason}
+            if shadow.cors != decision.cors:
+                self.metrics.shadow_diff(decision.route, decision.cors, shadow.cors)
         self.log.info(
             "request",
             route=decision.route,
@@ -56,6 +63,10 @@ class ServingState:
             status=outcome.status,
             upstream_status=outcome.upstream_status,
             duration_ms=duration_ms,
+            preflight_method=info.request_method if info.looks_like_preflight else None,
+            preflight_headers=preflight_header_names(info),
+            credentials=info.credentials,
+            **candidate,
         )
 
 

@@ -161,7 +161,7 @@ BAD = [
     (route('[routes.coep]\npolicy = "require-corp"\nreport_only = "yes"\n'), "routes[0].coep.report_only", "expected a boolean"),
     (route("[routes.reporting]\nendpoints = {}\n"), "routes[0].reporting.endpoints", "empty table"),
     (route("[routes.reporting]\n"), "routes[0].reporting.endpoints", "missing"),
-    (route('[routes.reporting]\nendpoints = { default = "/r" }\n'), "routes[0].reporting.endpoints.default", "absolute http(s) URL"),
+    (route('[routes.reporting]\nendpoints = { default = "reports/r" }\n'), "routes[0].reporting.endpoints.default", "nor a path"),
     (route('[routes.reporting]\nendpoints = { Main = "https://r.test/" }\n'), "routes[0].reporting.endpoints.Main", "is not an endpoint name"),
     (route("[routes.reporting]\nendpoints = { default = 1 }\n"), "routes[0].reporting.endpoints.default", "expected a URL string"),
     (route('[routes.corp]\nmode = "sett"\npolicy = "same-site"\n'), "routes[0].corp.mode", "is not one of"),

@@ -13,7 +13,8 @@ from harness import free_port, http_request
 
 ORIGIN = "https://app.example.test"
 FIELDS = {"event", "timestamp", "level", "route", "method", "path", "origin", "cors", "reason", "headers_set",
-          "headers_removed", "status", "upstream_status", "duration_ms"}
+          "headers_removed", "status", "upstream_status", "duration_ms", "preflight_method", "preflight_headers",
+          "credentials"}
 
 CONFIG = """
 [proxy]
@@ -297,3 +298,31 @@ def test_log_to_a_stdout_without_file_descriptor(capsys):
     logs.get_logger().debug("hidden")
     (line,) = capsys.readouterr().out.splitlines()
     assert json.loads(line)["path"] == "/x"
+
+
+# (request headers, expected preflight_method, preflight_headers, credentials)
+PREFLIGHT_FIELD_CASES = [
+    ([("Origin", ORIGIN), ("Access-Control-Request-Method", "PUT"),
+      ("Access-Control-Request-Headers", "X-B, content-type,,x-a"), ("Access-Control-Request-Headers", "X-C")],
+     "PUT", ["x-b", "content-type", "x-a", "x-c"], False),
+    ([("Origin", ORIGIN), ("Access-Control-Request-Method", "DELETE")], "DELETE", [], False),
+]
+
+
+@pytest.mark.parametrize("headers, method, names, credentials", PREFLIGHT_FIELD_CASES)
+def test_preflight_fields(proxy, headers, method, names, credentials):
+    event = proxy.request("OPTIONS", "/api/a", headers).event
+    assert event["preflight_method"] == method
+    assert event["preflight_headers"] == names  # lower-cased, in request order, [] without the header
+    assert event["credentials"] is credentials
+
+
+@pytest.mark.parametrize("headers, credentials", [
+    ([("Origin", ORIGIN)], False),
+    ([("Origin", ORIGIN), ("Cookie", "a=1")], True),
+    ([("authorization", "Basic eDp5")], True),
+])
+def test_actual_requests_have_no_preflight_fields_and_say_whether_credentials_came(proxy, headers, credentials):
+    event = proxy.request("GET", "/api/a", headers).event
+    assert event["preflight_method"] is None and event["preflight_headers"] is None
+    assert event["credentials"] is credentials

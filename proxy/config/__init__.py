@@ -40,9 +40,11 @@ def load_config(path: str, overrides: Mapping[str, Any] | None = None) -> Config
     return _load(text, path, os.path.dirname(os.path.abspath(path)), overrides)
 
 
-def load_config_text(text: str, source: str = "<string>", overrides: Mapping[str, Any] | None = None) -> Config:
-    """Like `load_config`, from a string; relative file paths are resolved against the current directory."""
-    return _load(text, source, os.getcwd(), overrides)
+def load_config_text(text: str, source: str = "<string>", overrides: Mapping[str, Any] | None = None,
+                     base_dir: str | None = None) -> Config:
+    """Like `load_config`, from a string; relative file paths are resolved against `base_dir`
+    (default: the current directory)."""
+    return _load(text, source, base_dir or os.getcwd(), overrides)
 
 
 def _load(text: str, source: str, base_dir: str, overrides: Mapping[str, Any] | None) -> Config:

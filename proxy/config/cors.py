@@ -20,7 +20,10 @@ SETTING_MODES = ("set", "default")  # the modes in which a table's own headers a
 CORS_KEYS = (
     "mode", "allow_origins", "allow_origin_regex", "allow_methods", "allow_headers",
     "expose_headers", "allow_credentials", "max_age", "allow_private_network", "preflight", "enforce",
+    "shadow",
 )
+# `[cors.shadow]`, a candidate CORS table: the keys of a CORS table (it has no candidate itself).
+SHADOW_KEYS = tuple(key for key in CORS_KEYS if key != "shadow")
 MAX_AGE_LIMIT = 86400  # a day; Firefox's cap, the highest of the browsers' caps
 
 # Response-only CORS headers: listing them as request headers is a misunderstanding of CORS
@@ -46,6 +49,9 @@ def table_mode(table: Table) -> str | None:
 
 def cors_policy(table: Table) -> CorsPolicy | None:
     errors_before = len(table.report.errors)
+    # A candidate is a complete table of its own: nothing is inherited from the live one.
+    shadow_table = table.subtable("shadow", SHADOW_KEYS)
+    shadow = cors_policy(shadow_table) if shadow_table is not None else None
     mode = table_mode(table)
     credentials = table.boolean("allow_credentials", False)
     origins = _cors_origins(table, mode, bool(credentials))
@@ -76,6 +82,7 @@ def cors_policy(table: Table) -> CorsPolicy | None:
         allow_private_network=bool(private_network),
         preflight=preflight,  # type: ignore[arg-type]
         enforce=bool(enforce),
+        shadow=shadow,
     )
 
 

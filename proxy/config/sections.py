@@ -20,6 +20,7 @@ from proxy.config.values import (
     parse_method,
     parse_network,
     parse_path_glob,
+    parse_collector_path,
     parse_upstream,
 )
 from proxy.model import (
@@ -31,12 +32,13 @@ from proxy.model import (
     LogSettings,
     Policies,
     ProxySettings,
+    ReportsSettings,
     Route,
 )
 from proxy.policy import compile_policies
 from proxy.routing import compile_host_patterns, compile_path_globs
 
-TOP_KEYS = ("proxy", "admin", "log", "limits", "defaults", "routes")
+TOP_KEYS = ("proxy", "admin", "log", "limits", "reports", "defaults", "routes")
 PROXY_KEYS = (
     "listen", "upstream", "workers", "preserve_host", "forwarded_headers", "trusted_proxies",
     "connect_timeout", "read_timeout", "tls_cert", "tls_key", "upstream_ca", "upstream_verify",
@@ -50,6 +52,9 @@ LIMIT_KEYS = (
 ROUTE_KEYS = ("name", "hosts", "paths", "methods", "upstream", *POLICY_TABLES)
 DEFAULTS_KEYS = tuple(POLICY_TABLES)
 
+REPORTS_KEYS = ("path", "max_body_bytes")
+# A report body is read whole into memory: a generous bound on what `max_body_bytes` may allow.
+MAX_REPORT_BODY = 16 * 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("json", "console")
 
@@ -67,25 +72,35 @@ def compile_config(report: Report, data: dict[str, Any], source: str, base_dir: 
     log = _log_settings(log_table)
     limits_table = root.subtable("limits", LIMIT_KEYS) or Table(report, "limits", {}, LIMIT_KEYS)
     limits = _limits(limits_table)
+    reports_table = root.subtable("reports", REPORTS_KEYS)
+    reports = _reports_settings(reports_table) if reports_table is not None else None
     defaults_table = root.subtable("defaults", DEFAULTS_KEYS) or Table(report, "defaults", {}, DEFAULTS_KEYS)
     defaults = compile_policies_table(defaults_table, Policies(), {})
     routes, route_effective = _routes(root, defaults, defaults_table.effective)
     _require_upstream(proxy_table, routes)
     default_route = Route(name="default", policies=defaults, compiled=compile_policies(defaults),
-                          upstream=proxy.upstream)
+                          upstream=proxy.upstream, shadow=_shadow_route("default", defaults))
     effective = {
         "proxy": proxy_table.effective,
         "admin": admin_table.effective if admin_table is not None else None,
         "log": log_table.effective,
         "limits": limits_table.effective,
+        "reports": reports_table.effective if reports_table is not None else None,
         "defaults": defaults_table.effective,
         "routes": route_effective,
     }
     return Config(
         source=source, proxy=proxy, admin=admin, log=log, limits=limits, routes=tuple(routes),
         default_route=default_route, warnings=tuple(w.render(source) for w in report.warnings),
-        effective=effective,
+        effective=effective, reports=reports,
     )
+
+
+def _reports_settings(table: Table) -> ReportsSettings:
+    defaults = ReportsSettings()
+    path = table.parsed("path", parse_collector_path, defaults.path)
+    max_body_bytes = table.integer("max_body_bytes", defaults.max_body_bytes, minimum=1, maximum=MAX_REPORT_BODY)
+    return ReportsSettings(path=path or defaults.path, max_body_bytes=max_body_bytes or defaults.max_body_bytes)
 
 
 def _proxy_settings(table: Table, base_dir: str) -> ProxySettings:
@@ -241,6 +256,7 @@ def _route(table: Table, seen: dict[str, int], index: int, defaults: Policies,
         name=name,
         policies=policies,
         compiled=compile_policies(policies),
+        shadow=_shadow_route(name, policies),
         hosts=hosts,
         paths=paths,
         methods=methods,
@@ -248,6 +264,14 @@ def _route(table: Table, seen: dict[str, int], index: int, defaults: Policies,
         host_matches=compile_host_patterns(hosts) if hosts is not None else None,
         path_matches=compile_path_globs(paths) if paths is not None else None,
     )
+
+
+def _shadow_route(name: str, policies: Policies) -> Route | None:
+    """The route as its candidate CORS table alone decides it (see `Route.shadow`)."""
+    if policies.cors is None or policies.cors.shadow is None:
+        return None
+    candidate = Policies(cors=policies.cors.shadow)
+    return Route(name=name, policies=candidate, compiled=compile_policies(candidate))
 
 
 def _route_name(table: Table, seen: dict[str, int], index: int) -> str:

@@ -142,12 +142,25 @@ def parse_sf_key(text: str) -> str:
 
 
 def parse_report_url(text: str) -> str:
+    """An absolute http(s) URL, or a path (`/.coxp/reports`), which browsers resolve against
+    the page's URL (Reporting API §3.2, "process reporting endpoints")."""
     match = URL.fullmatch(text)
-    if match is None or match["scheme"].lower() not in DEFAULT_PORTS or not match["authority"]:
-        raise Invalid(f'{quoted(text)} is not an absolute http(s) URL; write e.g. "https://reports.example.test/r"')
+    relative = text.startswith("/") and not text.startswith("//")
+    if not relative and (match is None or match["scheme"].lower() not in DEFAULT_PORTS or not match["authority"]):
+        raise Invalid(f'{quoted(text)} is neither an absolute http(s) URL nor a path; write e.g. '
+                      '"https://reports.example.test/r" or "/.coxp/reports"')
     if any(not "!" <= char <= "~" for char in text) or '"' in text or "\\" in text:
         # The URL is written inside a Structured Field string (RFC 8941 §3.3.3).
         raise Invalid(f'{quoted(text)} has a space, quote, backslash or non-ASCII character; percent-encode it')
+    return text
+
+
+def parse_collector_path(text: str) -> str:
+    """The report collector's path: compared exactly with the request path (query excluded)."""
+    if not text.startswith("/") or text.startswith("//"):
+        raise Invalid(f'{quoted(text)} is not a path; write e.g. "/.coxp/reports"')
+    if any(not "!" <= char <= "~" for char in text) or any(char in text for char in "?#*%\\"):
+        raise Invalid(f'{quoted(text)} must be a plain path of visible ASCII, without "?", "#", "*", "%" or "\\"')
     return text
 
 
