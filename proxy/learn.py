@@ -18,7 +18,7 @@ from tomlkit.items import AoT, InlineTable, Table
 
 from proxy.model import Config
 from proxy.origins import normalize_origin
-from proxy.standards import SAFELISTED_METHODS, TOKEN_RE, is_forbidden_request_header
+from proxy.standards import NORMALISED_METHODS, SAFELISTED_METHODS, TOKEN_RE, is_forbidden_request_header
 
 # The decision-log outcomes of a cross-origin request (same-origin and not-cors are not).
 CROSS_ORIGIN = frozenset({"allowed", "denied", "preflight-allowed", "preflight-denied"})
@@ -43,11 +43,11 @@ class Observed:
         return sorted(total, key=lambda origin: (-total[origin], origin))
 
 
-def observe(events: Iterable[dict[str, Any]]) -> tuple[dict[str, Observed], Counter[str]]:
-    """Per route, the cross-origin traffic in `events`; and the origins that cannot be listed
-    (not a serialized origin: a path, a trailing slash, several values), with their counts."""
+def observe(events: Iterable[dict[str, Any]]) -> tuple[dict[str, Observed], list[str]]:
+    """Per route, the cross-origin traffic in `events`; and notes on what cannot be listed."""
     routes: dict[str, Observed] = {}
     unlistable: Counter[str] = Counter()
+    unnormalised: Counter[str] = Counter()
     for event in events:
         if event.get("event") != "request" or event.get("cors") not in CROSS_ORIGIN:
             continue
@@ -65,7 +65,10 @@ def observe(events: Iterable[dict[str, Any]]) -> tuple[dict[str, Observed], Coun
             # Fetch §4.9: safelisted methods never need listing; a value that is not one token
             # (`GET, PUT`) can never be allowed.
             if isinstance(method, str) and TOKEN_RE.fullmatch(method) and method not in SAFELISTED_METHODS:
-                seen.methods.add(method)
+                if method != method.upper() and method.upper() in NORMALISED_METHODS:
+                    unnormalised[method] += 1  # the config upper-cases it; browsers do too
+                else:
+                    seen.methods.add(method)
             names = event.get("preflight_headers")
             if isinstance(names, list):
                 # A forbidden name is one scripts cannot set: listing it would change nothing.
@@ -74,7 +77,12 @@ def observe(events: Iterable[dict[str, Any]]) -> tuple[dict[str, Observed], Coun
         else:
             seen.requests[normalized] += 1
             seen.credentials = seen.credentials or event.get("credentials") is True
-    return routes, unlistable
+    notes = [f"origin {origin!r} ({_count(count, 'request')}) is not a serialized origin and cannot be listed"
+             for origin, count in unlistable.most_common()]
+    notes += [f"method {method!r} ({_count(count, 'preflight')}) cannot be listed: the config upper-cases it, as "
+              f"browsers do before they send it, so only {method.upper()!r} can be allowed (these callers are not "
+              "browsers)" for method, count in unnormalised.most_common()]
+    return routes, notes
 
 
 HEADER = (
@@ -163,9 +171,8 @@ def _tightened(live: Any, seen: Observed, key: str, notes: list[str]) -> Table:
 
 
 def _count_comment(requests: int, preflights: int) -> str:
-    parts = []
-    if requests:
-        parts.append(f"{requests} request{'s' * (requests != 1)}")
-    if preflights:
-        parts.append(f"{preflights} preflight{'s' * (preflights != 1)}")
-    return ", ".join(parts)
+    return ", ".join(_count(n, noun) for n, noun in ((requests, "request"), (preflights, "preflight")) if n)
+
+
+def _count(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' * (count != 1)}"
