@@ -22,6 +22,7 @@ from harness import Aborted, Reader, answer_with, config_text, exchange, free_po
 REQUEST_FIELDS = {
     "event", "timestamp", "level", "route", "method", "path", "origin", "cors", "reason",
     "headers_set", "headers_removed", "status", "upstream_status", "duration_ms",
+    "preflight_method", "preflight_headers", "credentials",
 }
 
 
