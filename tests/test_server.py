@@ -275,7 +275,7 @@ def test_remembered_preflight_answers_follow_origin_framing_and_reload(coxp, ups
     proxy.signal(signal.SIGHUP)
     proxy.wait_event("config_reloaded")
     assert (ask("https://a.test").status, ask("https://b.test").status) == (403, 204)
-    assert proxy.events_named("request", cors="preflight-denied", origin="https://a.test")
+    proxy.wait_event("request", cors="preflight-denied", origin="https://a.test")
     assert upstream.seen == []
 
 
