@@ -70,6 +70,8 @@ async def exchange(state: "ServingState", conn: ClientConnection, head: RequestH
         scheme = first_value(head.headers, "x-forwarded-proto") or scheme
         host = first_value(head.headers, "x-forwarded-host") or host
     info = request_info(head.method, head.headers, scheme, host)
+    # Where redirects to the upstream are pointed instead: the request's own origin, port as sent.
+    own_origin = f"{scheme}://{host}"
     route = state.router.match(head.host, head.path, routing_method(info))
     decision = decide(route, info, websocket=head.websocket)
     shadow = shadow_decision(route, info, websocket=head.websocket)  # for the log only
@@ -77,7 +79,7 @@ async def exchange(state: "ServingState", conn: ClientConnection, head: RequestH
     # complete is logged 499, with the upstream's status and the edits made to its head.
     answered = Outcome(CLIENT_CLOSED_REQUEST, None, [], [])
     try:
-        outcome, keep_alive = await _respond(state, conn, head, route, decision, scheme, trusted, answered)
+        outcome, keep_alive = await _respond(state, conn, head, route, decision, scheme, own_origin, trusted, answered)
     except (ClientGone, asyncio.CancelledError):
         # Still exactly one log line for the request.
         state.log_request(head, info, decision, shadow, answered, started)
@@ -93,6 +95,7 @@ async def _respond(
     route: Route,
     decision: Decision,
     scheme: str,
+    own_origin: str,
     trusted: bool,
     answered: Outcome,
 ) -> tuple[Outcome, bool]:
@@ -112,11 +115,11 @@ async def _respond(
     upstream = action.upstream
     if type(action) is Tunnel:
         try:
-            status, edited = await open_tunnel(state, conn, head, upstream, decision, scheme, answered.record)
+            status, edited = await open_tunnel(state, conn, head, upstream, decision, scheme, own_origin, answered.record)
         except UpstreamFailure as failure:
             return upstream_failed(state, conn, head, upstream, decision, failure), False
         return Outcome(status, status, edited.set_names, edited.removed_names), False
-    return await forward(state, conn, head, upstream, decision, scheme, trusted, keep_alive, answered)
+    return await forward(state, conn, head, upstream, decision, scheme, own_origin, trusted, keep_alive, answered)
 
 
 def answer(
@@ -165,6 +168,7 @@ async def forward(
     upstream,
     decision: Decision,
     scheme: str,
+    own_origin: str,
     trusted: bool,
     keep_alive: bool,
     answered: Outcome,
@@ -194,7 +198,7 @@ async def forward(
         return upstream_failed(state, conn, head, upstream, decision, failure), False
 
     try:
-        edited = apply_edits(decision.edits, response.headers)
+        edited = apply_edits(decision.edits, response.headers, own_origin)
         out = edited.headers
         status = response.status
         answered.record(status, edited)

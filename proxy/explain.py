@@ -113,7 +113,7 @@ def explain(
         else:
             note = f"{status} answered by coxp; the upstream is not contacted"
     else:
-        edited = apply_edits(decision.edits, upstream_headers)
+        edited = apply_edits(decision.edits, upstream_headers, f"{parts.scheme}://{head.host}")
         simulated = "the simulated upstream headers" if upstream_headers else "an upstream response without headers"
         if isinstance(action, Tunnel):
             note = (f"WebSocket handshake tunnelled to {action.upstream.url}; CORS headers do not apply to its 101; "

@@ -62,6 +62,7 @@ class ProxySettings:
     tls_key: str | None
     upstream_ca: str | None
     upstream_verify: bool
+    rewrite_location: bool = True  # Location/Content-Location/Refresh at the upstream -> own origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +127,21 @@ class HeaderPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class CookiePolicy:
+    """`[cookies]`: the edits made to every `Set-Cookie` of the route's responses (mode `set`;
+    a `pass` table compiles to None). None / False / `domain_strip=False` change nothing."""
+
+    samesite: str | None  # "None" | "Lax" | "Strict": replaces the cookie's SameSite
+    secure: bool  # adds Secure
+    domain_strip: bool  # removes Domain
+    partitioned: bool  # adds Partitioned
+
+
+@dataclass(frozen=True, slots=True)
 class Policies:
     cors: CorsPolicy | None = None
     header_policies: tuple[HeaderPolicy, ...] = ()  # in the order their headers are written
+    cookies: CookiePolicy | None = None
 
     def header_policy(self, table: str) -> HeaderPolicy | None:
         """The policy of the header table `table` ("coop"...), None when the route has none."""
@@ -136,6 +149,11 @@ class Policies:
             if policy.table == table:
                 return policy
         return None
+
+
+# Rewrites one header value: (lower-case name, value, the request's own origin) -> the new
+# value, or None to keep it. Pure; `proxy.cookies` and `proxy.redirects` make them.
+ValueRewrite = Callable[[str, str, str | None], str | None]
 
 
 class PolicyEdit(NamedTuple):
@@ -151,6 +169,8 @@ class PolicyEdit(NamedTuple):
     trigger: frozenset[str]  # `default` mode keeps the upstream's when any of these is present
     headers: tuple[Header, ...] = ()  # written in set/default mode
     vary: tuple[str, ...] = ()  # tokens merged into Vary in set/default mode
+    # A value edit instead: each `owned` header is kept, its value passed through `rewrite`.
+    rewrite: ValueRewrite | None = None
 
 
 DECISION_CACHE_SIZE = 512

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 from typing import Final, Literal, NamedTuple
 
+from proxy.cookies import cookie_rewrite
 from proxy.memo import MAX_KEY_CHARS
-from proxy.model import CompiledPolicies, CorsPolicy, Header, HeaderPolicy, Policies, PolicyEdit, Route
+from proxy.model import CompiledPolicies, CorsPolicy, Header, HeaderPolicy, Policies, PolicyEdit, Route, Upstream
 from proxy.origins import normalize_origin
+from proxy.redirects import REWRITTEN_HEADERS, location_rewrite
 from proxy.standards import OWS, SAFELISTED_METHODS, TOKEN_RE
 
 __all__ = [
@@ -51,6 +53,7 @@ CORS_PREFIX: Final = "access-control-allow-"
 # every upstream `Access-Control-*` goes (CONTRACT §6 "preflight = upstream").
 PREFLIGHT_PREFIX: Final = "access-control-"
 _ACAO: Final = "access-control-allow-origin"
+SET_COOKIE: Final = frozenset({"set-cookie"})
 
 ACAO = "Access-Control-Allow-Origin"
 ACAC = ("Access-Control-Allow-Credentials", "true")
@@ -180,10 +183,17 @@ def _edit_for(policy: HeaderPolicy) -> PolicyEdit:
     return PolicyEdit(policy.table, policy.mode, policy.owned, None, policy.owned, policy.headers)
 
 
-def compile_policies(policies: Policies) -> CompiledPolicies:
+def compile_policies(policies: Policies, redirects_from: Upstream | None = None) -> CompiledPolicies:
     """The fixed parts of the decisions on a route with `policies`; `proxy.config` calls it
-    once per route when the config is loaded."""
+    once per route when the config is loaded. `redirects_from`: the route's upstream when
+    `rewrite_location` is on (URLs pointing at it are pointed at the request's own origin)."""
     header_edits = tuple(_edit_for(p) for p in policies.header_policies)
+    if policies.cookies is not None:
+        header_edits += (PolicyEdit("cookies", "set", SET_COOKIE, None, frozenset(),
+                                    rewrite=cookie_rewrite(policies.cookies)),)
+    if redirects_from is not None:
+        header_edits += (PolicyEdit("redirects", "set", REWRITTEN_HEADERS, None, frozenset(),
+                                    rewrite=location_rewrite(redirects_from)),)
     cors = policies.cors
     if cors is None or cors.mode in ("remove", "pass"):
         extra = () if cors is None else (
@@ -408,14 +418,17 @@ def _preflight(route: Route, c: CompiledPolicies, cors: CorsPolicy, info: Reques
 # Step 3: apply
 
 
-def apply_edits(edits: tuple[PolicyEdit, ...], headers: list[Header]) -> EditResult:
+def apply_edits(edits: tuple[PolicyEdit, ...], headers: list[Header], own_origin: str | None = None) -> EditResult:
     """Apply the edits to `headers` (not modified); the one place where headers change.
 
     Per edit, by mode: `pass` touches nothing; `remove` drops the table's headers; `set` drops
     them and writes the proxy's; `default` does nothing when a trigger header is present
-    (CORS: `Access-Control-Allow-Origin`), else acts as `set`. `Vary` is never replaced: the
-    edits' tokens are merged into it case-insensitively without duplicates (RFC 9110 §12.5.5).
-    Names in `set_names`/`removed_names` are lower-case; a replaced header is in both.
+    (CORS: `Access-Control-Allow-Origin`), else acts as `set`. A value edit (`rewrite`: cookies,
+    redirects) keeps its headers and rewrites their values instead; `own_origin` is the
+    request's own `scheme://host[:port]`, which redirects are pointed at (None: not rewritten).
+    `Vary` is never replaced: the edits' tokens are merged into it case-insensitively without
+    duplicates (RFC 9110 §12.5.5). Names in `set_names`/`removed_names` are lower-case; a
+    replaced header is in both, a header whose value was rewritten only in `set_names`.
     """
     present: set[str] | None = None
     active: list[PolicyEdit] = []
@@ -432,22 +445,26 @@ def apply_edits(edits: tuple[PolicyEdit, ...], headers: list[Header]) -> EditRes
     if not active:
         return EditResult(list(headers), [], [])
 
-    owned: frozenset[str] = frozenset().union(*[edit.owned for edit in active])
+    value_edits = [edit for edit in active if edit.rewrite is not None]
+    owned: frozenset[str] = frozenset().union(*[edit.owned for edit in active if edit.rewrite is None])
+    rewritten: frozenset[str] = frozenset().union(*[edit.owned for edit in value_edits])
     prefixes = tuple(edit.owned_prefix for edit in active if edit.owned_prefix is not None)
     out: list[Header] = []
     removed: list[str] = []
+    set_names: list[str] = []
     vary_at: list[int] = []
     for header in headers:
         lower = header[0].lower()
         if lower in owned or (prefixes and lower.startswith(prefixes)):
             if lower not in removed:
                 removed.append(lower)
-        else:
-            if lower == "vary":
-                vary_at.append(len(out))
-            out.append(header)
+            continue
+        if lower == "vary":
+            vary_at.append(len(out))
+        elif lower in rewritten:
+            header = _rewritten(header, lower, value_edits, own_origin, set_names)
+        out.append(header)
 
-    set_names: list[str] = []
     tokens: list[str] = []
     for edit in active:
         if edit.mode == "remove":
@@ -461,6 +478,23 @@ def apply_edits(edits: tuple[PolicyEdit, ...], headers: list[Header]) -> EditRes
     if tokens and _merge_vary(out, vary_at, tokens):
         set_names.append("vary")
     return EditResult(out, set_names, removed)
+
+
+def _rewritten(header: Header, lower: str, value_edits: list[PolicyEdit], own_origin: str | None,
+               set_names: list[str]) -> Header:
+    """`header` through the value edits that own it; its name goes into `set_names` when its
+    value changed."""
+    value = header[1]
+    for edit in value_edits:
+        if lower in edit.owned:
+            new = edit.rewrite(lower, value, own_origin)  # type: ignore[misc]
+            if new is not None:
+                value = new
+    if value == header[1]:
+        return header
+    if lower not in set_names:
+        set_names.append(lower)
+    return (header[0], value)
 
 
 def _merge_vary(headers: list[Header], positions: list[int], tokens: list[str]) -> bool:

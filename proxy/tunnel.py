@@ -31,6 +31,7 @@ async def open_tunnel(
     upstream: Upstream,
     decision: Decision,
     scheme: str,
+    own_origin: str,
     on_answer: Callable[[int, EditResult], None],
 ) -> tuple[int, EditResult]:
     """Forward the handshake and pipe the connection; the status sent and the header edits made
@@ -60,7 +61,7 @@ async def open_tunnel(
             # A tunnel to anything but WebSocket would carry traffic no route has seen (RFC 9110 §7.8).
             raise UpstreamFailure(502, "upstream-invalid-response", "101 without Upgrade: websocket")
         kept = [(n, v) for n, v in response_headers if n.lower() not in ("connection", "upgrade")]
-        edited = apply_edits(decision.edits, kept)
+        edited = apply_edits(decision.edits, kept, own_origin)
         on_answer(status, edited)
         out = edited.headers
         if status == 101:

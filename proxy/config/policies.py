@@ -13,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
+from proxy.config.cookies import COOKIE_KEYS, cookie_policy
 from proxy.config.cors import CORS_KEYS, SETTING_MODES, cors_policy, table_mode
 from proxy.config.reading import Table, describe, is_extension, join_key, quoted
 from proxy.config.values import is_loopback_url, parse_report_url, parse_sf_key
 from proxy.errors import ConfigProblem
-from proxy.model import CorsPolicy, Header, HeaderPolicy, Mode, Policies
+from proxy.model import CookiePolicy, CorsPolicy, Header, HeaderPolicy, Mode, Policies
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +61,18 @@ REPORTING_KEYS = ("mode", "endpoints")
 def compile_policies_table(parent: Table, inherited: Policies, inherited_effective: dict[str, Any]) -> Policies:
     """The tables of `parent` (a route or [defaults]); a missing table is inherited whole."""
     cors: CorsPolicy | None = inherited.cors
+    cookies: CookiePolicy | None = inherited.cookies
     header_policies: list[HeaderPolicy] = []
     for name, (known, compile_table) in POLICY_TABLES.items():
         table = parent.subtable(name, known)
-        compiled: CorsPolicy | HeaderPolicy | None
+        compiled: CorsPolicy | HeaderPolicy | CookiePolicy | None
         if table is None:
-            compiled = inherited.cors if name == "cors" else inherited.header_policy(name)
+            if name == "cors":
+                compiled = inherited.cors
+            elif name == "cookies":
+                compiled = inherited.cookies
+            else:
+                compiled = inherited.header_policy(name)
             if name in inherited_effective:
                 parent.effective[name] = inherited_effective[name]
         else:
@@ -73,9 +80,11 @@ def compile_policies_table(parent: Table, inherited: Policies, inherited_effecti
         if isinstance(compiled, HeaderPolicy):
             header_policies.append(compiled)
         elif name == "cors":
-            cors = compiled
+            cors = compiled  # type: ignore[assignment]
+        elif name == "cookies":
+            cookies = compiled  # type: ignore[assignment]
     _warn_unknown_report_to(parent)
-    return Policies(cors=cors, header_policies=tuple(header_policies))
+    return Policies(cors=cors, header_policies=tuple(header_policies), cookies=cookies)
 
 
 def _warn_unknown_report_to(parent: Table) -> None:
@@ -162,7 +171,7 @@ def _reporting_endpoints(table: Table, required: bool) -> dict[str, str]:
 
 class PolicyTable(NamedTuple):
     keys: tuple[str, ...]
-    compile: Callable[[Table], CorsPolicy | HeaderPolicy | None]
+    compile: Callable[[Table], CorsPolicy | HeaderPolicy | CookiePolicy | None]
 
 
 # Every policy table, in the order their headers are written on a response.
@@ -170,4 +179,6 @@ POLICY_TABLES: dict[str, PolicyTable] = {
     "cors": PolicyTable(CORS_KEYS, cors_policy),
     **{spec.name: PolicyTable(spec.keys, functools.partial(_header_table_policy, spec=spec)) for spec in HEADER_TABLES},
     "reporting": PolicyTable(REPORTING_KEYS, _reporting_policy),
+    # Not a header of its own: edits the upstream's Set-Cookie lines (`proxy.cookies`).
+    "cookies": PolicyTable(COOKIE_KEYS, cookie_policy),
 }

@@ -34,6 +34,7 @@ from proxy.model import (
     ProxySettings,
     ReportsSettings,
     Route,
+    Upstream,
 )
 from proxy.policy import compile_policies
 from proxy.routing import compile_host_patterns, compile_path_globs
@@ -42,6 +43,7 @@ TOP_KEYS = ("proxy", "admin", "log", "limits", "reports", "defaults", "routes")
 PROXY_KEYS = (
     "listen", "upstream", "workers", "preserve_host", "forwarded_headers", "trusted_proxies",
     "connect_timeout", "read_timeout", "tls_cert", "tls_key", "upstream_ca", "upstream_verify",
+    "rewrite_location",
 )
 ADMIN_KEYS = ("listen",)
 LOG_KEYS = ("level", "format")
@@ -76,9 +78,10 @@ def compile_config(report: Report, data: dict[str, Any], source: str, base_dir: 
     reports = _reports_settings(reports_table) if reports_table is not None else None
     defaults_table = root.subtable("defaults", DEFAULTS_KEYS) or Table(report, "defaults", {}, DEFAULTS_KEYS)
     defaults = compile_policies_table(defaults_table, Policies(), {})
-    routes, route_effective = _routes(root, defaults, defaults_table.effective)
+    routes, route_effective = _routes(root, defaults, defaults_table.effective, proxy)
     _require_upstream(proxy_table, routes)
-    default_route = Route(name="default", policies=defaults, compiled=compile_policies(defaults),
+    default_route = Route(name="default", policies=defaults,
+                          compiled=compile_policies(defaults, _redirects_from(proxy, proxy.upstream)),
                           upstream=proxy.upstream, shadow=_shadow_route("default", defaults))
     effective = {
         "proxy": proxy_table.effective,
@@ -118,6 +121,7 @@ def _proxy_settings(table: Table, base_dir: str) -> ProxySettings:
         tls_key=tls_key,
         upstream_ca=_upstream_ca(table, base_dir),
         upstream_verify=table.boolean("upstream_verify", True),
+        rewrite_location=bool(table.boolean("rewrite_location", True)),
     )
 
 
@@ -226,7 +230,13 @@ def _require_upstream(proxy_table: Table, routes: list[Route]) -> None:
 # Routes
 
 
-def _routes(root: Table, defaults: Policies, defaults_effective: dict[str, Any]) -> tuple[list[Route], list[dict[str, Any]]]:
+def _redirects_from(proxy: ProxySettings, upstream: Upstream | None) -> Upstream | None:
+    """The upstream whose URLs a route's responses point at coxp instead (`rewrite_location`)."""
+    return upstream if proxy.rewrite_location else None
+
+
+def _routes(root: Table, defaults: Policies, defaults_effective: dict[str, Any],
+            proxy: ProxySettings) -> tuple[list[Route], list[dict[str, Any]]]:
     raw = root.data.get("routes", [])
     if not isinstance(raw, list):
         root.error("routes", f"expected an array of tables ([[routes]]), got {describe(raw)}")
@@ -239,28 +249,29 @@ def _routes(root: Table, defaults: Policies, defaults_effective: dict[str, Any])
             root.error(f"routes[{index}]", f"expected a table ([[routes]]), got {describe(item)}")
             continue
         table = Table(root.report, f"routes[{index}]", item, ROUTE_KEYS)
-        route = _route(table, seen, index, defaults, defaults_effective)
+        route = _route(table, seen, index, defaults, defaults_effective, proxy)
         routes.append(route)
         effective.append(table.effective)
     return routes, effective
 
 
 def _route(table: Table, seen: dict[str, int], index: int, defaults: Policies,
-           defaults_effective: dict[str, Any]) -> Route:
+           defaults_effective: dict[str, Any], proxy: ProxySettings) -> Route:
     name = _route_name(table, seen, index)
     hosts = _route_list(table, "hosts", parse_host_pattern)
     paths = _route_list(table, "paths", parse_path_glob)
     methods = _route_methods(table)
     policies = compile_policies_table(table, defaults, defaults_effective)
+    upstream = table.parsed("upstream", parse_upstream)
     return Route(
         name=name,
         policies=policies,
-        compiled=compile_policies(policies),
+        compiled=compile_policies(policies, _redirects_from(proxy, upstream or proxy.upstream)),
         shadow=_shadow_route(name, policies),
         hosts=hosts,
         paths=paths,
         methods=methods,
-        upstream=table.parsed("upstream", parse_upstream),
+        upstream=upstream,
         host_matches=compile_host_patterns(hosts) if hosts is not None else None,
         path_matches=compile_path_globs(paths) if paths is not None else None,
     )

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from proxy.config.cors import SETTING_MODES
-from proxy.model import Config, CorsPolicy, HeaderPolicy, Route
+from proxy.model import Config, CookiePolicy, CorsPolicy, HeaderPolicy, Route
 
 
 def summarize(config: Config) -> list[str]:
@@ -32,7 +32,16 @@ def _route_summary(route: Route, config: Config, effective: Mapping[str, Any]) -
         parts.append(f"cors={_cors_summary(route.policies.cors, effective.get('cors') or {})}")
     for policy in route.policies.header_policies:
         parts.append(f"{policy.table}={_header_policy_summary(policy)}")
+    if route.policies.cookies is not None:
+        parts.append(f"cookies={_cookie_summary(route.policies.cookies)}")
     return " ".join(parts)
+
+
+def _cookie_summary(policy: CookiePolicy) -> str:
+    edits = [f"samesite={policy.samesite}"] if policy.samesite else []
+    edits += [name for name, on in (("secure", policy.secure), ("strip domain", policy.domain_strip),
+                                    ("partitioned", policy.partitioned)) if on]
+    return f"set({', '.join(edits) or 'no change'})"
 
 
 def _cors_summary(policy: CorsPolicy, effective: Mapping[str, Any]) -> str:
