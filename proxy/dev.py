@@ -17,6 +17,7 @@ from proxy.model import Config
 DEFAULT_LISTEN = "localhost:8080"
 DEFAULT_ORIGINS = ("http://localhost:*", "http://127.0.0.1:*")
 SOURCE = "coxp dev"
+ROUTE_SUFFIX = '; in route "dev"'  # config errors name the route; a flag error names the flag
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def flag_problem_line(problem: ConfigProblem, options: DevOptions) -> str:
         if match.groups():
             value = value[int(match[1])]
         shown = flag if _toml(value) in problem.message else f"{flag} {_toml(value)}"
-        return f"{SOURCE}: {shown}: {problem.message}"
+        return f"{SOURCE}: {shown}: {problem.message.removesuffix(ROUTE_SUFFIX)}"
     return problem.render(SOURCE)
 
 

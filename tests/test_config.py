@@ -625,3 +625,53 @@ def test_random_trees_give_a_config_or_a_config_error(tree):
        | st.text(max_size=40))
 def test_random_text_gives_a_config_or_a_config_error(text):
     _loads_or_config_error(text)
+
+
+# --------------------------------------------------------------------------------------------
+# Friendlier errors: case mistakes get a "did you mean", problems under routes[i] name the route
+
+
+@pytest.mark.parametrize(("text", "key", "meant"), [
+    (route('[routes.CORS]\nallow_origins = ["https://a.test"]\n'), "routes[0].CORS", "cors"),
+    ("[Proxy]\n" + UPSTREAM, "Proxy", "proxy"),
+    (cors('Allow-Origins = ["https://a.test"]\nallow_origins = ["https://a.test"]\n'),
+     "routes[0].cors.Allow-Origins", "allow_origins"),
+    (UPSTREAM + "[Defaults.COOP]\n", "Defaults", "defaults"),
+], ids=["routes.CORS", "Proxy", "Allow-Origins", "Defaults"])
+def test_case_and_dash_mistakes_suggest_the_key_meant(text, key, meant):
+    found = dict(problems(text))
+    assert f'did you mean "{meant}"?' in found[key], found
+
+
+NAMED = UPSTREAM + """
+[[routes]]
+name = "pages"
+[[routes]]
+name = "api"
+[routes.cors]
+allow_origins = ["https://a.test/"]
+[[routes]]
+paths = ["/x"]
+"""
+
+
+def test_problems_under_a_route_name_it_and_keep_their_exact_key_path():
+    with pytest.raises(ConfigError) as caught:
+        load(NAMED)
+    lines = caught.value.lines()
+    assert any(line.startswith('c.toml: routes[1].cors.allow_origins[0]: "https://a.test/" has a path; ')
+               and line.endswith('; in route "api"') for line in lines), lines
+    # A route without a name has only its index; the missing name is itself the problem.
+    assert [line for line in lines if line.startswith("c.toml: routes[2].")] == [
+        next(line for line in lines if line.startswith("c.toml: routes[2].name: missing"))]
+
+
+def test_warnings_under_a_route_name_it():
+    config = load(route('[routes.cors]\nallow_origins = ["https://*.github.io"]\n'))
+    assert any(w.startswith("c.toml: routes[0].cors.allow_origins[0]: ") and w.endswith('; in route "r"')
+               for w in config.warnings), config.warnings
+
+
+def test_a_duplicate_name_is_not_named_twice():
+    found = problems(UPSTREAM + '[[routes]]\nname = "a"\n[[routes]]\nname = "a"\n')
+    assert found == [("routes[1].name", '"a" is already the name of routes[0]; route names are unique')]

@@ -92,6 +92,7 @@ def compile_config(report: Report, data: dict[str, Any], source: str, base_dir: 
         "defaults": defaults_table.effective,
         "routes": route_effective,
     }
+    report.name_routes(data.get("routes"))
     return Config(
         source=source, proxy=proxy, admin=admin, log=log, limits=limits, routes=tuple(routes),
         default_route=default_route, warnings=tuple(w.render(source) for w in report.warnings),
