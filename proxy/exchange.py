@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, AsyncIterator
 
 from proxy.buffering import read_ahead
@@ -22,7 +23,7 @@ from proxy.forwarding import (
 )
 from proxy.http1 import BadRequest, RequestHead, no_body_status, serialize_head
 from proxy.memo import MAX_KEY_CHARS, LruCache
-from proxy.model import Route
+from proxy.model import Header, Route
 from proxy.plan import Answer, Tunnel, answer_response, plan
 from proxy.policy import Decision, EditResult, apply_edits, decide, request_info, routing_method
 from proxy.shadow import shadow_decision
@@ -50,11 +51,13 @@ class Outcome:
     upstream_status: int | None
     headers_set: list[str]
     headers_removed: list[str]
+    response_headers: Sequence[Header] = ()  # the upstream's head as edited (the console log's cookie check)
 
     def record(self, upstream_status: int, edited: EditResult) -> None:
         """The upstream answered `upstream_status`, its head edited as `edited`."""
         self.upstream_status = upstream_status
         self.headers_set, self.headers_removed = edited.set_names, edited.removed_names
+        self.response_headers = edited.headers
 
 
 async def exchange(state: "ServingState", conn: ClientConnection, head: RequestHead) -> bool:
@@ -226,7 +229,7 @@ async def forward(
             out.append(("Connection", "close"))
         elif head.http_minor == 0:
             out.append(("Connection", "keep-alive"))
-        outcome = Outcome(status, status, edited.set_names, edited.removed_names)
+        outcome = Outcome(status, status, edited.set_names, edited.removed_names, edited.headers)
         if whole is not None:
             conn.write(serialize_head(status, out) + whole)
         else:

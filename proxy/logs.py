@@ -106,10 +106,12 @@ def configure(log_format: str, level: str) -> None:
     if log_format == "json":
         processors: list[Any] = [render_json]
     else:
+        from proxy.console import ConsoleRenderer, colours_wanted
+
         processors = [
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()),
+            ConsoleRenderer(colours_wanted(sys.stdout)),
         ]
     sys.stdout.flush()  # anything printed before goes out before the first event
     try:

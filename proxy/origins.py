@@ -391,6 +391,25 @@ def _suffix_lists():  # type: ignore[no-untyped-def]
     )
 
 
+def site_of(host: str) -> str:
+    """The site of a host name (HTML standard, "obtain a site", without the scheme): its
+    registrable domain by the Public Suffix List, or the host itself for an IP address and for
+    names the list does not know (`localhost`: so localhost and 127.0.0.1 are two sites)."""
+    host = host.lower().rstrip(".")
+    if host.startswith("[") or host.replace(".", "").isdigit():
+        return host
+    return _site_list().privatesuffix(host) or host
+
+
+@functools.cache
+def _site_list():  # type: ignore[no-untyped-def]
+    """The Public Suffix List as browsers apply it: an unknown TLD is a suffix (the implicit `*`
+    rule), so `a.example.test` and `b.example.test` are one site."""
+    from publicsuffixlist import PublicSuffixList
+
+    return PublicSuffixList()
+
+
 def _suffix_problem(q: str, domain: str) -> tuple[bool, str] | None:
     """(is_error, message) when `*.domain` spans a public suffix (CONTRACT §6)."""
     name = domain.rstrip(".")

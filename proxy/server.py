@@ -16,6 +16,7 @@ from typing import Callable
 
 from proxy import logs
 from proxy.config import load_config
+from proxy.console import request_extras
 from proxy.connection import ClientConnection
 from proxy.errors import ConfigError
 from proxy.exchange import Outcome, exchange
@@ -28,6 +29,7 @@ from proxy.policy import Decision, RequestInfo, preflight_header_names
 from proxy.routing import Router
 
 DRAIN_SECONDS = 10.0
+_NO_EXTRAS: dict[str, object] = {}
 
 
 @dataclass(slots=True)
@@ -39,6 +41,7 @@ class ServingState:
     metrics: Metrics
     stopping: Callable[[], bool]
     admit: Callable[[], bool]
+    console: bool = False  # [log] format = "console": the request line also gets `host` and `warnings`
 
     def log_request(self, head: RequestHead, info: RequestInfo, decision: Decision, shadow: Decision | None,
                     outcome: Outcome, started: float) -> None:
@@ -50,6 +53,8 @@ class ServingState:
             candidate = {"shadow_cors": shadow.cors, "shadow_reason": shadow.reason}
             if shadow.cors != decision.cors:
                 self.metrics.shadow_diff(decision.route, decision.cors, shadow.cors)
+        extras = request_extras(head.host, head.headers, outcome.response_headers, decision.origin, decision.cors,
+                                outcome.headers_set, decision.route) if self.console else _NO_EXTRAS
         self.log.info(
             "request",
             route=decision.route,
@@ -67,6 +72,7 @@ class ServingState:
             preflight_headers=preflight_header_names(info),
             credentials=info.credentials,
             **candidate,
+            **extras,
         )
 
 
@@ -94,6 +100,7 @@ class ProxyServer:
             metrics=self.metrics,
             stopping=lambda: self.stopping,
             admit=self._admit,
+            console=config.log.format == "console",
         )
 
     # --- requests ---------------------------------------------------------------------------

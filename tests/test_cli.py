@@ -314,7 +314,7 @@ def test_dev_proxies_with_credentials(tmp_path, query_upstream):
         denied = http_request(port, "GET", "/items", [("Origin", "https://evil.test")], host=f"127.0.0.1:{port}")
         assert denied.value("Access-Control-Allow-Origin") is None
         # the console log names the decisions
-        dev.wait_line(lambda line: "request" in line and "denied" in line)
+        dev.wait_line(lambda line: line.startswith("200 GET") and "https://evil.test" in line and " denied" in line)
     finally:
         assert dev.stop() == 0
 
@@ -454,7 +454,7 @@ def test_run_flags_override_the_file(tmp_path, query_upstream, coxp):
         response = http_request(port, "GET", "/x", [("Origin", ORIGIN)], host=f"127.0.0.1:{port}")
         assert response.status == 200 and response.body == b"upstream GET"  # --upstream took effect
         assert response.value("Access-Control-Allow-Origin") == ORIGIN
-        proxy.wait_line(lambda l: "request" in l and "/x" in l)
+        proxy.wait_line(lambda l: l.startswith("200 GET") and f"127.0.0.1:{port}/x" in l)
         assert proxy.stop() == 0
 
 
