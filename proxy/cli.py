@@ -39,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         return _print_problems(error)
     _print_warnings(config.warnings)
-    return _serving("run", lambda: run(config, args.config, overrides))
+    return _serving("run", lambda: run(config, args.config, overrides, watch=args.watch))
 
 
 def _serving(command: str, start) -> int:
@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--upstream", metavar="URL")
     run.add_argument("--log-format", choices=["json", "console"], type=str.lower)
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"], type=str.lower)
+    run.add_argument("--watch", action="store_true",
+                     help="reload when the config file changes, as on SIGHUP (an invalid file keeps the old config)")
     run.set_defaults(func=cmd_run)
 
     check = commands.add_parser("check", help="validate a config and summarise its routes")

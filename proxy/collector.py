@@ -65,7 +65,7 @@ async def collect(state: "ServingState", conn: ClientConnection, head: RequestHe
     except ReportRefused as refused:
         return _refuse(state, conn, head, refused.status, refused.reason, body_read=True)
     for report in reports:
-        state.metrics.report(*report.metric_labels())
+        state.metrics.reports.labels(*report.metric_labels()).inc()
         state.log.info("report", **report._asdict())
     return _respond(conn, head, 204, "", body_read=True, extra=_CORS_ANSWER)
 

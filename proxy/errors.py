@@ -1,4 +1,5 @@
-"""Configuration errors: each names the TOML key path it is about, all are reported together."""
+"""Errors with a one-line message for the user: config problems (each naming its TOML key path, all
+reported together) and a listener that cannot be bound."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,3 +24,14 @@ class ConfigError(Exception):
 
     def lines(self) -> list[str]:
         return [p.render(self.source) for p in self.problems]
+
+
+class ListenError(OSError):
+    """A listen address that cannot be bound (in use, not local, no permission): `coxp run` prints
+    this one line and exits 1."""
+
+    def __init__(self, error: OSError, listen: object, what: str = "listen") -> None:
+        super().__init__(error.errno, f"cannot {what} on {listen}: {error.strerror or error}")
+
+    def __str__(self) -> str:
+        return str(self.strerror)

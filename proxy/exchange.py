@@ -161,6 +161,7 @@ def upstream_failed(
     """The upstream gave no response: log why, and answer 502/504 naming the reason."""
     state.log.warning("upstream_error", upstream=upstream.url, reason=failure.reason, detail=failure.detail,
                       method=head.method, path=head.path)
+    state.metrics.upstream_errors.labels(decision.route, failure.reason).inc()
     return answer(conn, decision, failure.status, f"{failure.status} {failure.reason}", False)
 
 
@@ -240,6 +241,7 @@ async def forward(
             except UpstreamAborted as broken:
                 state.log.warning("upstream_error", upstream=upstream.url, reason="upstream-response-aborted",
                                   detail=str(broken), method=head.method, path=head.path)
+                state.metrics.upstream_errors.labels(decision.route, "upstream-response-aborted").inc()
                 conn.abort()
                 return outcome, False
         response.release()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 
+from proxy.errors import ListenError
 from proxy.model import Endpoint
 
 LOOPBACKS = ((socket.AF_INET6, "::1"), (socket.AF_INET, "127.0.0.1"))
@@ -40,7 +41,7 @@ def _addresses(host: str) -> list[tuple[int, str]]:
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
-        raise OSError(error.errno, f"cannot listen on {host}: {error.strerror}") from None
+        raise ListenError(error, host) from None
     found = [(family, str(address[0])) for family, _, _, _, address in infos]
     if host == "localhost":
         # Browsers resolve `localhost` to both loopback addresses themselves, whatever
@@ -69,6 +70,5 @@ def _bound(family: int, host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as error:
         sock.close()
-        shown = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
-        raise OSError(error.errno, f"cannot listen on {shown}: {error.strerror}") from None
+        raise ListenError(error, Endpoint(host, port)) from None
     return sock

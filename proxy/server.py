@@ -52,7 +52,7 @@ class ServingState:
         if shadow is not None:
             candidate = {"shadow_cors": shadow.cors, "shadow_reason": shadow.reason}
             if shadow.cors != decision.cors:
-                self.metrics.shadow_diff(decision.route, decision.cors, shadow.cors)
+                self.metrics.shadow_diffs.labels(decision.route, decision.cors, shadow.cors).inc()
         extras = request_extras(head.host, head.headers, outcome.response_headers, decision.origin, decision.cors,
                                 outcome.headers_set, decision.route) if self.console else _NO_EXTRAS
         self.log.info(
@@ -76,6 +76,15 @@ class ServingState:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Reloaded:
+    """The result of a reload: what `POST /reload` answers."""
+
+    ok: bool
+    sha256: str | None = None  # of the file now serving
+    errors: tuple[str, ...] = ()
+
+
 class ProxyServer:
     def __init__(self, config: Config, config_path: str | None, overrides: dict | None):
         self.config_path = config_path
@@ -83,7 +92,9 @@ class ProxyServer:
         self.connections: set[ClientConnection] = set()
         self.stopping = False
         self.in_flight = 0
-        self.metrics = Metrics()
+        self.metrics = Metrics(config.sha256)
+        # With workers: tells the other workers to reload (set in the worker that has the admin listener).
+        self.reload_peers: Callable[[], None] | None = None
         self._servers: list[asyncio.base_events.Server] = []
         self._idle = asyncio.Event()
         self._idle.set()
@@ -109,11 +120,13 @@ class ProxyServer:
 
     async def handle(self, conn: ClientConnection, head: RequestHead) -> bool:
         self.in_flight += 1
+        self.metrics.in_flight.inc()
         self._idle.clear()
         return await exchange(self.state, conn, head)
 
     def request_done(self) -> None:
         self.in_flight -= 1
+        self.metrics.in_flight.dec()
         if self.in_flight == 0:
             self._idle.set()
 
@@ -123,10 +136,15 @@ class ProxyServer:
         headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))), *refused.headers,
                    ("Connection", "close")]
         conn.write(serialize_head(refused.status, headers) + body)
-        self.metrics.bad_request(refused.status)
+        self.metrics.bad_requests.labels(refused.reason).inc()
         self.state.log.info("bad_request", status=refused.status, reason=refused.reason, peer=conn.peer_ip)
 
     # --- lifecycle --------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """The proxy listener is bound (with a loaded config: there is no other way to start) and not draining."""
+        return bool(self._servers) and not self.stopping
+
     async def start(self, sock: socket.socket | None = None) -> str:
         """Start listening; returns the address actually bound (port 0 picks a free one)."""
         proxy = self.state.config.proxy
@@ -138,28 +156,36 @@ class ProxyServer:
         # A host name (`localhost`) is kept as written: it may stand for several addresses.
         return str(Endpoint(proxy.listen.host, self._servers[0].sockets[0].getsockname()[1]))
 
-    def reload(self) -> bool:
+    def reload(self) -> Reloaded:
         """SIGHUP: load the file again; an invalid config is logged and the old one keeps serving."""
         log = self.state.log
         if self.config_path is None:  # `coxp dev`: the config comes from the command line
             log.warning("config_reload_skipped", reason="no config file to reload")
-            return False
+            return Reloaded(False, errors=("no config file to reload: the config came from the command line",))
         try:
             config = load_config(self.config_path, self.overrides)
-        except ConfigError as error:
-            log.error("config_error", errors=error.lines())
-            return False
         except Exception as error:  # noqa: BLE001 - a reload must never take the server down
-            log.error("config_error", errors=[f"{self.config_path}: {error}"])
-            return False
+            errors = tuple(error.lines()) if isinstance(error, ConfigError) else (f"{self.config_path}: {error}",)
+            log.error("config_error", errors=list(errors))
+            self.metrics.config.reload_failed()
+            return Reloaded(False, errors=errors)
         old = self.state
         if config.log != old.config.log:
             logs.configure(config.log.format, config.log.level)
         self.state = self._build_state(config, old.client)
         if self.state.client is not old.client:
             asyncio.get_running_loop().create_task(_close_later(old.client))
-        self.state.log.info("config_reloaded", routes=[r.name for r in config.routes], source=config.source)
-        return True
+        self.metrics.config.reloaded(config.sha256)
+        self.state.log.info("config_reloaded", routes=[r.name for r in config.routes], source=config.source,
+                            sha256=config.sha256)
+        return Reloaded(True, config.sha256)
+
+    def reload_everywhere(self) -> Reloaded:
+        """`--watch` and `POST /reload`: reload here and, with workers, in every other worker too."""
+        result = self.reload()
+        if result.ok and self.reload_peers is not None:
+            self.reload_peers()
+        return result
 
     async def shutdown(self) -> None:
         """Stop accepting, let requests in flight finish (up to DRAIN_SECONDS), close the rest."""
@@ -200,11 +226,16 @@ def install_event_loop() -> None:
 
 
 async def serve(config: Config, config_path: str | None, overrides: dict | None, sock: socket.socket | None = None,
-                admin: bool = True, announce: Callable[[str], None] | None = None) -> int:
+                admin: bool = True, announce: Callable[[str], None] | None = None, admin_sock: socket.socket | None = None,
+                watch: bool = False, reload_peers: Callable[[], None] | None = None) -> int:
     """Run one serving process until SIGTERM/SIGINT; returns the exit status.
 
-    `announce` is called with the bound address before the first log line (`coxp dev`'s banner)."""
+    `announce` is called with the bound address before the first log line (`coxp dev`'s banner);
+    `admin_sock`: the admin listener's socket, bound by the parent of the workers; `watch`:
+    reload when the config file changes; `reload_peers`: how a reload reaches the other workers.
+    """
     server = ProxyServer(config, config_path, overrides)
+    server.reload_peers = reload_peers
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -217,22 +248,36 @@ async def serve(config: Config, config_path: str | None, overrides: dict | None,
     if admin and config.admin is not None:
         from proxy.admin import bound_address, start_admin
 
-        admin_runner = await start_admin(server, config.admin.listen)
+        admin_runner = await start_admin(server, config.admin.listen, admin_sock)
+    watcher = None
+    if watch and config_path is not None:
+        from proxy.watch import start_watch
+
+        watcher = await start_watch(config_path, config.sha256, server.reload_everywhere, stop)
+        watcher.add_done_callback(lambda task: _watch_ended(task, server.state.log))
     server.state.log.info("listening", listen=address, pid=os.getpid(), tls=bool(config.proxy.tls_cert),
-                          admin=bound_address(admin_runner) if admin_runner else None)
+                          admin=bound_address(admin_runner) if admin_runner else None, watch=watcher is not None)
     await stop.wait()
     await server.shutdown()
+    if watcher is not None:
+        await asyncio.gather(watcher, return_exceptions=True)
     if admin_runner is not None:
         await admin_runner.cleanup()
     return 0
 
 
+def _watch_ended(task: asyncio.Task, log) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        # Serving goes on; only changes to the file are no longer followed (SIGHUP still works).
+        log.error("config_watch_failed", error=str(task.exception()))
+
+
 def run(config: Config, config_path: str | None, overrides: dict | None,
-        announce: Callable[[str], None] | None = None) -> int:
+        announce: Callable[[str], None] | None = None, watch: bool = False) -> int:
     logs.configure(config.log.format, config.log.level)
     install_event_loop()
     if config.proxy.workers > 1:
         from proxy.workers import run_workers
 
-        return run_workers(config, config_path, overrides)
-    return asyncio.run(serve(config, config_path, overrides, announce=announce))
+        return run_workers(config, config_path, overrides, watch)
+    return asyncio.run(serve(config, config_path, overrides, announce=announce, watch=watch))

@@ -1,7 +1,9 @@
 """`workers = N`: N forked processes accepting on one port (SO_REUSEPORT), watched by the parent.
 
 The parent serves nothing. It reserves the port (so `listen = "host:0"` gives every worker the same
-one), relays SIGHUP/SIGTERM/SIGINT to the workers, and starts a new worker when one dies.
+one) and binds the admin listener's, relays SIGHUP/SIGTERM/SIGINT to the workers, and starts a new
+worker when one dies. Worker 0 serves the admin listener and, with `--watch`, watches the config
+file; a reload it starts (watch, `POST /reload`) reaches the others through the parent (SIGUSR1).
 """
 from __future__ import annotations
 
@@ -11,37 +13,78 @@ import signal
 import socket
 import time
 
-from proxy import logs
+from proxy import logs, metrics
 from proxy.config import load_config
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, ListenError
 from proxy.model import Config, Endpoint
 from proxy.server import serve
 
 RESPAWN_BACKOFF = 1.0  # seconds between restarts of a worker that keeps dying
 
 
-def reuseport_socket(listen: Endpoint, port: int | None = None) -> socket.socket:
-    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def reuseport_socket(listen: Endpoint, port: int) -> socket.socket:
+    sock = socket.socket(_family(listen.host), socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((listen.host, listen.port if port is None else port))
+    sock.bind((listen.host, port))
     return sock
 
 
-def _worker(config: Config, config_path: str | None, overrides: dict | None, port: int, index: int) -> int:
-    for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+def reserve_port(listen: Endpoint) -> socket.socket:
+    """A socket bound (never listening) to `listen`, which the workers' SO_REUSEPORT sockets can join.
+
+    It is bound *before* SO_REUSEPORT is set: Linux lets a socket share a port only when both
+    it and every socket already there have the option, so this bind fails with EADDRINUSE when
+    anything holds the port, another coxp's workers included, instead of silently splitting
+    the traffic between two processes (and two configs). Set afterwards, the option lets the
+    workers' sockets join this one.
+    """
+    sock = socket.socket(_family(listen.host), socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((listen.host, listen.port))
+    except OSError as error:
+        sock.close()
+        raise ListenError(error, listen) from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
+
+
+def admin_socket(listen: Endpoint) -> socket.socket:
+    """The admin listener's socket, bound here so that a port in use fails before any fork and a
+    replaced worker 0 serves on the same socket."""
+    try:
+        return socket.create_server((listen.host, listen.port), family=_family(listen.host))
+    except OSError as error:
+        raise ListenError(error, listen, "serve admin") from None
+
+
+def _worker(config: Config, config_path: str | None, overrides: dict | None, port: int, index: int,
+            admin: socket.socket | None, watch: bool) -> int:
+    for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_DFL)
     sock = reuseport_socket(config.proxy.listen, port)
     sock.listen(2048)
-    # Only the first worker runs the admin listener: its port cannot be shared.
-    return asyncio.run(serve(config, config_path, overrides, sock=sock, admin=index == 0))
+    parent = os.getppid()
+    if index != 0:
+        if admin is not None:
+            admin.close()
+        return asyncio.run(serve(config, config_path, overrides, sock=sock, admin=False))
+    # Worker 0 runs the admin listener (its port cannot be shared) and the config watch.
+    return asyncio.run(serve(config, config_path, overrides, sock=sock, admin=True, admin_sock=admin, watch=watch,
+                             reload_peers=lambda: os.kill(parent, signal.SIGUSR1)))
 
 
-def run_workers(config: Config, config_path: str | None, overrides: dict | None) -> int:
+def run_workers(config: Config, config_path: str | None, overrides: dict | None, watch: bool = False) -> int:
     log = logs.get_logger()
-    reserved = reuseport_socket(config.proxy.listen)  # bound, never listening: holds the port
+    reserved = reserve_port(config.proxy.listen)  # bound, never listening: holds the port
+    admin = admin_socket(config.admin.listen) if config.admin is not None else None
     port = reserved.getsockname()[1]
+    shared_metrics = metrics.share_between_processes()
     workers: dict[int, int] = {}  # pid -> worker index
     stopping = False
 
@@ -50,18 +93,23 @@ def run_workers(config: Config, config_path: str | None, overrides: dict | None)
         if pid == 0:
             code = 1
             try:
-                code = _worker(config, config_path, overrides, port, index)
+                code = _worker(config, config_path, overrides, port, index, admin, watch)
             finally:
                 os._exit(code)
         workers[pid] = index
 
-    def relay(signum: int, _frame: object) -> None:
-        nonlocal stopping, config
-        if signum == signal.SIGHUP and config_path is not None:
+    def reload_config() -> None:
+        nonlocal config
+        if config_path is not None:
             try:
                 config = load_config(config_path, overrides)  # what a restarted worker will use
             except ConfigError:
                 pass  # each worker logs the error itself and keeps its config
+
+    def relay(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum == signal.SIGHUP:
+            reload_config()
         else:
             stopping = True
         for pid in list(workers):
@@ -70,14 +118,26 @@ def run_workers(config: Config, config_path: str | None, overrides: dict | None)
             except ProcessLookupError:
                 pass
 
+    def reload_others(_signum: int, _frame: object) -> None:
+        """Worker 0 has reloaded (watch, POST /reload): the parent and the other workers follow."""
+        reload_config()
+        for pid, index in list(workers.items()):
+            if index != 0:
+                try:
+                    os.kill(pid, signal.SIGHUP)
+                except ProcessLookupError:
+                    pass
+
     for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, relay)
+    signal.signal(signal.SIGUSR1, reload_others)
     for index in range(config.proxy.workers):
         spawn(index)
 
     while workers:
         pid, status = os.wait()
         index = workers.pop(pid, None)
+        metrics.worker_exited(shared_metrics, pid)
         if index is None or stopping:
             continue
         log.error("worker_died", pid=pid, worker=index, exit_status=os.waitstatus_to_exitcode(status))
@@ -85,4 +145,5 @@ def run_workers(config: Config, config_path: str | None, overrides: dict | None)
         if not stopping:
             spawn(index)
     reserved.close()
+    metrics.stop_sharing(shared_metrics)
     return 0

@@ -1,6 +1,7 @@
-"""The admin listener (CONTRACT §3 [admin]): /healthz, /metrics (Prometheus text), /config."""
+"""The admin listener: /healthz, /readyz, /metrics (Prometheus text), /config, POST /reload."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import signal
@@ -36,8 +37,8 @@ def admin(coxp, query_upstream):
     port = int(port)
     assert host == "127.0.0.1" and port not in (0, proxy.port)
 
-    def get(path: str):
-        return http_request(port, "GET", path, host=f"127.0.0.1:{port}")
+    def get(path: str, method: str = "GET"):
+        return http_request(port, method, path, host=f"127.0.0.1:{port}", body=b"" if method == "POST" else None)
 
     return proxy, get
 
@@ -92,7 +93,7 @@ def test_metrics_count_bad_requests(admin):
         sock.sendall(b"GET / HTTP/1.1\r\n\r\n")  # no Host: 400, never routed
         assert sock.recv(100).startswith(b"HTTP/1.1 400")
     proxy.wait_event("bad_request")
-    assert samples(get("/metrics").body.decode(), "coxp_bad_requests_total") == {(("status", "400"),): 1.0}
+    assert samples(get("/metrics").body.decode(), "coxp_bad_requests_total") == {(("reason", "missing-host"),): 1.0}
 
 
 def test_config_is_the_effective_config_as_json(admin):
@@ -141,6 +142,92 @@ def test_healthz_is_503_while_draining(admin, query_upstream):
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert (health.status, health.body) == (503, b"stopping\n")
+    assert get("/readyz").status == 503  # the Service stops sending new requests here
     slow.join(WAIT)
     assert result["r"].status == 200
     assert proxy.process.wait(WAIT) == 0
+
+
+def test_readyz_once_listening(admin):
+    _, get = admin
+    response = get("/readyz")
+    assert (response.status, response.body) == (200, b"ready\n")
+
+
+def test_every_metric_is_exposed_from_the_start(admin):
+    _, get = admin
+    text = get("/metrics").body.decode()
+    for name in ("coxp_requests_total", "coxp_bad_requests_total", "coxp_request_duration_seconds",
+                 "coxp_upstream_errors_total", "coxp_in_flight_requests", "coxp_config_reloads_total",
+                 "coxp_config_last_reload_successful", "coxp_config_info"):
+        assert re.search(rf"^# TYPE {name.removesuffix('_total')}(_total)? ", text, re.M), name
+    assert samples(text, "coxp_in_flight_requests") == {(): 0.0}
+    assert samples(text, "coxp_config_reloads_total") == {(("result", "ok"),): 0.0, (("result", "error"),): 0.0}
+    assert samples(text, "coxp_config_last_reload_successful") == {(): 1.0}
+
+
+def config_metrics(get) -> tuple[dict, dict, dict]:
+    text = get("/metrics").body.decode()
+    return (samples(text, "coxp_config_reloads_total"), samples(text, "coxp_config_last_reload_successful"),
+            samples(text, "coxp_config_info"))
+
+
+def test_post_reload_answers_with_the_hash_and_counts(admin):
+    proxy, get = admin
+    path = proxy.config_path
+    started = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert config_metrics(get)[2] == {(("sha256", started),): 1.0}
+
+    path.write_text(path.read_text().replace('allow_methods = ["PUT"]', 'allow_methods = ["PUT", "DELETE"]'))
+    response = get("/reload", "POST")
+    wanted = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert response.status == 200 and response.value("Content-Type").startswith("application/json")
+    assert json.loads(response.body) == {"reloaded": True, "sha256": wanted}
+    preflight = [("Origin", ORIGIN), ("Access-Control-Request-Method", "DELETE")]
+    assert proxy.request("OPTIONS", "/api/a", preflight).status == 204  # the new policy serves
+    reloads, last, info = config_metrics(get)
+    assert reloads == {(("result", "ok"),): 1.0, (("result", "error"),): 0.0}
+    assert last == {(): 1.0} and info == {(("sha256", wanted),): 1.0}
+
+
+def test_post_reload_of_an_invalid_file_is_422_and_the_old_config_serves(admin):
+    proxy, get = admin
+    path = proxy.config_path
+    serving = hashlib.sha256(path.read_bytes()).hexdigest()
+    path.write_text(path.read_text().replace('allow_methods = ["PUT"]', 'allow_methods = ["P T"]'))
+    response = get("/reload", "POST")
+    assert response.status == 422
+    answer = json.loads(response.body)
+    assert answer["reloaded"] is False
+    assert len(answer["errors"]) == 1 and "routes[0].cors.allow_methods[0]" in answer["errors"][0]
+    assert proxy.request("GET", "/api/a", [("Origin", ORIGIN)]).value("Access-Control-Allow-Origin") == ORIGIN
+    reloads, last, info = config_metrics(get)
+    assert reloads == {(("result", "ok"),): 0.0, (("result", "error"),): 1.0}
+    assert last == {(): 0.0}  # what to alert on
+    assert info == {(("sha256", serving),): 1.0}  # still the config that serves
+
+
+def test_a_failed_sighup_reload_is_counted_too(admin):
+    proxy, get = admin
+    proxy.config_path.write_text("[proxy\n")
+    mark = proxy.mark()
+    proxy.signal(signal.SIGHUP)
+    proxy.wait_event("config_error", start=mark)
+    reloads, last, _ = config_metrics(get)
+    assert reloads[(("result", "error"),)] == 1.0 and last == {(): 0.0}
+
+
+def test_reload_only_by_post(admin):
+    _, get = admin
+    assert get("/reload").status == 405
+
+
+def test_upstream_errors_are_counted_by_route_and_reason(coxp, query_upstream):
+    from harness import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
+    proxy = coxp(CONFIG.replace("{upstream}", dead).replace("{admin}", "0"))
+    admin_port = int(proxy.events[0]["admin"].rpartition(":")[2])
+    assert proxy.request("GET", "/api/x").status == 502
+    text = http_request(admin_port, "GET", "/metrics", host="a.test").body.decode()
+    assert samples(text, "coxp_upstream_errors_total") == {(("reason", "upstream-unreachable"), ("route", "api")): 1.0}

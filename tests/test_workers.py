@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from harness import http_request
+from harness import http_request, run_cli
 
 CONFIG = """
 [proxy]
@@ -68,3 +68,93 @@ def test_listen_on_ipv6_loopback(coxp, query_upstream):
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 200 ")
     assert b"\r\nAccess-Control-Allow-Origin: https://app.example.test\r\n" in reply
+
+
+ADMIN = """
+[admin]
+listen = "127.0.0.1:0"
+"""
+
+
+def admin_port(proxy) -> int:
+    return int(next(e["admin"] for e in proxy.events if e.get("admin")).rpartition(":")[2])
+
+
+def admin_get(proxy, path: str, method: str = "GET"):
+    port = admin_port(proxy)
+    return http_request(port, method, path, host=f"127.0.0.1:{port}", body=b"" if method == "POST" else None)
+
+
+def counted(text: str, name: str) -> float:
+    """The sum of every sample of the metric `name` in Prometheus text."""
+    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+def test_metrics_sum_over_every_worker(coxp, query_upstream):
+    proxy = coxp(CONFIG.format(listen="127.0.0.1:0", upstream=query_upstream.url) + ADMIN)
+    proxy.wait_event("listening", start=1)
+    requests = 40  # each on a new connection: the kernel spreads them over both workers
+    for _ in range(requests):
+        assert http_request(proxy.port, "GET", "/api/x", [("Origin", ORIGIN)], host="a.test").status == 200
+    proxy.wait_event("request", count=requests)
+    text = admin_get(proxy, "/metrics").body.decode()
+    assert counted(text, "coxp_requests_total") == requests
+    assert counted(text, "coxp_request_duration_seconds_count") == requests
+    assert counted(text, "coxp_in_flight_requests") == 0
+
+
+def test_post_reload_reaches_every_worker(coxp, query_upstream):
+    proxy = coxp(CONFIG.format(listen="127.0.0.1:0", upstream=query_upstream.url) + ADMIN)
+    proxy.wait_event("listening", start=1)
+    mark = proxy.mark()
+    proxy.config_path.write_text(proxy.config_path.read_text().replace(ORIGIN, "https://new.example.test"))
+    response = admin_get(proxy, "/reload", "POST")
+    assert response.status == 200
+    proxy.wait_event("config_reloaded", count=2, start=mark)  # once in each worker
+    for _ in range(20):
+        reply = http_request(proxy.port, "GET", "/api/x", [("Origin", "https://new.example.test")], host="a.test")
+        assert reply.value("Access-Control-Allow-Origin") == "https://new.example.test"
+    text = admin_get(proxy, "/metrics").body.decode()
+    assert 'coxp_config_reloads_total{result="ok"} 1.0' in text  # one reload, not one per worker
+
+
+def test_watch_reloads_every_worker(coxp, query_upstream):
+    proxy = coxp(CONFIG.format(listen="127.0.0.1:0", upstream=query_upstream.url), "--watch")
+    proxy.wait_event("listening", start=1)
+    assert sorted(e["watch"] for e in proxy.events_named("listening")) == [False, True]  # worker 0 watches
+    mark = proxy.mark()
+    proxy.config_path.write_text(proxy.config_path.read_text().replace(ORIGIN, "https://new.example.test"))
+    proxy.wait_event("config_reloaded", count=2, start=mark)
+    for _ in range(20):
+        reply = http_request(proxy.port, "GET", "/api/x", [("Origin", "https://new.example.test")], host="a.test")
+        assert reply.value("Access-Control-Allow-Origin") == "https://new.example.test"
+
+
+@pytest.mark.parametrize("first_workers, second_workers", [(2, 2), (1, 2), (2, 1)])
+def test_a_second_proxy_on_a_port_in_use_exits_1(coxp, query_upstream, tmp_path, first_workers, second_workers):
+    text = CONFIG.format(listen="127.0.0.1:0", upstream=query_upstream.url)
+    first = coxp(text.replace("workers = 2", f"workers = {first_workers}"))
+    taken = first.events[0]["listen"]
+    second_config = tmp_path / "second.toml"
+    second_config.write_text(CONFIG.format(listen=taken, upstream=query_upstream.url)
+                             .replace("workers = 2", f"workers = {second_workers}"))
+    result = run_cli("run", "-c", str(second_config))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "address already in use" in result.stderr.lower(), result.stderr
+    assert taken in result.stderr
+    assert result.stdout == ""  # no worker started
+    statuses = {http_request(first.port, "GET", "/api/x", host="a.test").status for _ in range(10)}
+    assert statuses == {200}  # the first one still serves alone
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_admin_port_in_use_exits_1(coxp, query_upstream, tmp_path, workers):
+    first = coxp(CONFIG.format(listen="127.0.0.1:0", upstream=query_upstream.url) + ADMIN)
+    first.wait_event("listening", start=1)
+    second_config = tmp_path / "second.toml"
+    second_config.write_text(CONFIG.format(listen="127.0.0.1:0", upstream=query_upstream.url)
+                             .replace("workers = 2", f"workers = {workers}")
+                             + ADMIN.replace("127.0.0.1:0", f"127.0.0.1:{admin_port(first)}"))
+    result = run_cli("run", "-c", str(second_config))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "admin" in result.stderr, result.stderr

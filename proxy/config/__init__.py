@@ -11,6 +11,8 @@ their one registry, `policies.POLICY_TABLES`), `sections` (`[proxy]`, `[admin]`,
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -55,4 +57,5 @@ def _load(text: str, source: str, base_dir: str, overrides: Mapping[str, Any] | 
     config = compile_config(report, data, source, base_dir)
     if report.errors:
         raise ConfigError(source, report.errors)
-    return config
+    # UTF-8 decoding and encoding round-trip exactly: this is the hash of the file's bytes.
+    return dataclasses.replace(config, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())
