@@ -84,7 +84,8 @@ def run_workers(config: Config, config_path: str | None, overrides: dict | None,
     reserved = reserve_port(config.proxy.listen)  # bound, never listening: holds the port
     admin = admin_socket(config.admin.listen) if config.admin is not None else None
     port = reserved.getsockname()[1]
-    shared_metrics = metrics.share_between_processes()
+    # Without an admin listener nobody reads the metrics: no shared files then.
+    shared_metrics = metrics.share_between_processes() if admin is not None else None
     workers: dict[int, int] = {}  # pid -> worker index
     stopping = False
 
@@ -137,7 +138,8 @@ def run_workers(config: Config, config_path: str | None, overrides: dict | None,
     while workers:
         pid, status = os.wait()
         index = workers.pop(pid, None)
-        metrics.worker_exited(shared_metrics, pid)
+        if shared_metrics is not None:
+            metrics.worker_exited(shared_metrics, pid)
         if index is None or stopping:
             continue
         log.error("worker_died", pid=pid, worker=index, exit_status=os.waitstatus_to_exitcode(status))
@@ -145,5 +147,6 @@ def run_workers(config: Config, config_path: str | None, overrides: dict | None,
         if not stopping:
             spawn(index)
     reserved.close()
-    metrics.stop_sharing(shared_metrics)
+    if shared_metrics is not None:
+        metrics.stop_sharing(shared_metrics)
     return 0
