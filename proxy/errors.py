@@ -32,6 +32,3 @@ class ListenError(OSError):
 
     def __init__(self, error: OSError, listen: object, what: str = "listen") -> None:
         super().__init__(error.errno, f"cannot {what} on {listen}: {error.strerror or error}")
-
-    def __str__(self) -> str:
-        return str(self.strerror)
