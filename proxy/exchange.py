@@ -75,7 +75,11 @@ async def exchange(state: "ServingState", conn: ClientConnection, head: RequestH
     info = request_info(head.method, head.headers, scheme, host)
     # Where redirects to the upstream are pointed instead: the request's own origin, port as sent.
     own_origin = f"{scheme}://{host}"
-    route = state.router.match(head.host, head.path, routing_method(info))
+    try:
+        route = state.router.match(head.host, head.path, routing_method(info), head.normal_path)
+    except BadRequest as ambiguous:  # refused before routing, like a malformed head
+        state.refuse(conn, ambiguous)
+        return False
     decision = decide(route, info, websocket=head.websocket)
     shadow = shadow_decision(route, info, websocket=head.websocket)  # for the log only
     # What the upstream answered, as soon as it did: a client that leaves before the response is

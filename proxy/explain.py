@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from proxy.http1 import BadRequest, RequestHead, head_end, parse_head
+from proxy.http1 import BadRequest, RequestHead, head_end, parse_head, refusal
 from proxy.model import Config
 from proxy.plan import BODY_TOO_LARGE, NO_UPSTREAM, Answer, Tunnel, answer_response, plan
 from proxy.policy import Decision, apply_edits, decide, request_info, routing_method
@@ -16,11 +16,12 @@ from proxy.shadow import shadow_decision
 
 @dataclass(frozen=True, slots=True)
 class Explanation:
-    route: str
+    route: str | None  # None: refused before routing
     method: str
     url: str
+    normalised_path: str | None  # the path's normalised view, when it differs from the raw path
     origin: str | None
-    cors: str
+    cors: str | None  # None: refused before routing
     reason: str | None
     answered_by_proxy: bool
     status: int | None  # the proxy's own status; None when the upstream's status is kept
@@ -33,7 +34,8 @@ class Explanation:
 
     def as_json(self) -> bytes:
         data = {
-            "route": self.route, "method": self.method, "url": self.url, "origin": self.origin,
+            "route": self.route, "method": self.method, "url": self.url,
+            "normalised_path": self.normalised_path, "origin": self.origin,
             "cors": self.cors, "reason": self.reason, "answered_by_proxy": self.answered_by_proxy,
             "status": self.status, "headers": [list(h) for h in self.headers], "body": self.body,
             "headers_set": self.headers_set, "headers_removed": self.headers_removed, "note": self.note,
@@ -44,11 +46,13 @@ class Explanation:
         return orjson.dumps(data, option=orjson.OPT_INDENT_2)
 
     def as_text(self) -> str:
-        lines = [
-            f"request:        {self.method} {self.url}",
-            f"route:          {self.route}",
+        lines = [f"request:        {self.method} {self.url}"]
+        if self.normalised_path is not None:
+            lines.append(f"normalised:     {self.normalised_path}  (the path as a normalising upstream reads it)")
+        lines += [
+            f"route:          {self.route or '-'}",
             f"origin:         {self.origin if self.origin is not None else '(none)'}",
-            f"classification: {self.cors}",
+            f"classification: {self.cors or '-'}",
             f"reason:         {self.reason or '-'}",
         ]
         if self.shadow is not None:
@@ -96,8 +100,17 @@ def explain(
     if not any(n.lower() == "host" for n, _ in headers):
         headers.insert(0, ("Host", parts.netloc))
     head = _parsed_head(method, target, headers, config)
+    if isinstance(head, BadRequest):
+        return _refused(method, url, None, head, "the request head")
     info = request_info(head.method, head.headers, parts.scheme, head.host)
-    route = Router(config).match(head.host, head.path, routing_method(info))
+    router = Router(config)
+    shown = head.normal_path if head.normal_path != head.path else None
+    try:
+        route = router.match(head.host, head.path, routing_method(info), head.normal_path)
+    except BadRequest as ambiguous:
+        raw_route, normal_route = router.routes_of_views(head.host, head.path, routing_method(info), head.normal_path)
+        return _refused(method, url, shown, ambiguous, f"the raw path selects route {raw_route.name!r}, "
+                        f"the normalised path route {normal_route.name!r}")
     decision = decide(route, info, websocket=head.websocket)
     shadow = shadow_decision(route, info, websocket=head.websocket)
     action = plan(config, route, decision, head)
@@ -121,7 +134,7 @@ def explain(
         else:
             note = f"forwarded to {action.upstream.url}; the upstream's status is kept; edits applied to {simulated}"
     return Explanation(
-        route=route.name, method=head.method, url=url, origin=decision.origin, cors=decision.cors,
+        route=route.name, method=head.method, url=url, normalised_path=shown, origin=decision.origin, cors=decision.cors,
         reason=decision.reason, answered_by_proxy=status is not None, status=status,
         body=None if body is None else body.decode(),
         headers=edited.headers, headers_set=edited.set_names, headers_removed=edited.removed_names, note=note,
@@ -129,9 +142,8 @@ def explain(
     )
 
 
-def _parsed_head(method: str, target: str, headers: list[tuple[str, str]], config: Config) -> RequestHead:
-    """The request as the server would parse it; a request it would refuse is a usage error
-    naming the status and reason the server would answer with."""
+def _parsed_head(method: str, target: str, headers: list[tuple[str, str]], config: Config) -> RequestHead | BadRequest:
+    """The request as the server would parse it, or the refusal the server would answer it with."""
     lines = [f"{method} {target} HTTP/1.1", *(f"{name}: {value}" for name, value in headers)]
     try:
         raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -141,4 +153,14 @@ def _parsed_head(method: str, target: str, headers: list[tuple[str, str]], confi
         head_end(raw, config.limits)  # the size limits, checked as the server reads a head
         return parse_head(raw, config.limits)
     except BadRequest as refused:
-        raise ExplainUsageError(f"the server would refuse this request: {refused.status} {refused.reason}") from None
+        return refused
+
+
+def _refused(method: str, url: str, normalised: str | None, refused: BadRequest, why: str) -> Explanation:
+    """A request the server refuses before routing: a `bad_request` event, nothing forwarded."""
+    headers, body = refusal(refused)
+    return Explanation(
+        route=None, method=method, url=url, normalised_path=normalised, origin=None, cors=None, reason=refused.reason,
+        answered_by_proxy=True, status=refused.status, body=body.decode(), headers=headers, headers_set=[],
+        headers_removed=[], note=f"{refused.status} answered by coxp before routing ({why}); the upstream is not contacted",
+    )

@@ -24,6 +24,13 @@ _FORWARDED_FOR = "x-forwarded-for"
 _FORWARDED_PROTO = "x-forwarded-proto"
 _FORWARDED_HOST = "x-forwarded-host"
 _X_FORWARDED = frozenset({_FORWARDED_FOR, _FORWARDED_PROTO, _FORWARDED_HOST})
+# Headers in which a proxy tells the upstream about the client or the original request: only a
+# trusted proxy in front of coxp may have set them. `X-Original-URL`/`X-Rewrite-URL` make
+# Symfony, Zend and IIS-style apps route on another path than the one coxp's policy saw.
+_FROM_PROXIES_ONLY = frozenset(
+    {"forwarded", "x-real-ip", "x-forwarded-port", "x-forwarded-prefix", "x-original-url", "x-rewrite-url"}
+)
+_UNTRUSTED_DROPPED = _X_FORWARDED | _FROM_PROXIES_ONLY
 
 
 class UpstreamFailure(Exception):
@@ -65,17 +72,21 @@ def upstream_headers(
     scheme: str,
     trusted_peer: bool,
 ) -> list[tuple[str, str]]:
-    """The request headers to send upstream: hop-by-hop removed, one Host, X-Forwarded-*."""
+    """The request headers to send upstream: hop-by-hop removed, one Host, X-Forwarded-*;
+    from an untrusted peer no header a proxy would set; no name with "_" unless allowed."""
     dropped = _NOT_FORWARDED | head.connection_tokens if head.connection_tokens else _NOT_FORWARDED
     forwarded = settings.forwarded_headers
     if forwarded and not trusted_peer:
-        dropped = dropped | _X_FORWARDED
+        dropped = dropped | _UNTRUSTED_DROPPED
+    # CGI and WSGI turn "-" into "_" (RFC 3875 §4.1.18): `X_Forwarded_Host` would reach the app
+    # as X-Forwarded-Host past the rule above. nginx drops such names by default too.
+    drop_underscores = not settings.allow_underscores_in_headers
     out = [("Host", head.host if settings.preserve_host else upstream.host_header)]
     forwarded_for: list[str] = []
     present: set[str] = set()
     for name, value in head.headers:
         lower = name.lower()
-        if lower in dropped:
+        if lower in dropped or (drop_underscores and "_" in name):
             continue
         if forwarded and lower in _X_FORWARDED:
             if lower == _FORWARDED_FOR:

@@ -62,6 +62,7 @@ class ProxySettings:
     tls_key: str | None
     upstream_ca: str | None
     upstream_verify: bool
+    allow_underscores_in_headers: bool  # True: request headers with "_" in the name are forwarded
     rewrite_location: bool = True  # Location/Content-Location/Refresh at the upstream -> own origin
 
 

@@ -3,12 +3,18 @@
 Patterns are compiled once at load (by `proxy.config`) into small closures; `Router.match` runs on
 every request and only does set lookups, `str.startswith`/`str.endswith` and at most one regex per
 route.
+
+Paths are matched in two views, the raw path and its normalised form (`proxy.paths`): coxp
+forwards the raw path, but the upstream may well route on the normalised one. When the two
+views select different routes, coxp cannot know which policy the upstream's resource needs, and
+the request is refused (`400 ambiguous-path`) rather than given either.
 """
 from __future__ import annotations
 
 import re
 from typing import Callable, Iterable
 
+from proxy.http1 import BadRequest
 from proxy.model import Config, Route
 
 Matcher = Callable[[str], bool]
@@ -75,14 +81,17 @@ def _glob_regex(globs: list[str]) -> re.Pattern[str] | None:
 
 
 def host_without_port(host: str | None) -> str:
-    """`example.test:8080` -> `example.test`, `[::1]:8080` -> `::1`; None -> ""."""
+    """The name hosts are matched on: `example.test:8080` -> `example.test`, `[::1]:8080` -> `::1`,
+    None -> "". One trailing dot is dropped: `admin.example.test.` is the same fully qualified
+    name as `admin.example.test` to DNS and to most upstreams (RFC 1034 §3.1)."""
     if not host:
         return ""
     if host.startswith("["):
         end = host.find("]")
         return host[1:end] if end > 0 else host
     colon = host.rfind(":")
-    return host[:colon] if colon >= 0 else host
+    name = host[:colon] if colon >= 0 else host
+    return name[:-1] if name.endswith(".") else name
 
 
 class Router:
@@ -96,10 +105,24 @@ class Router:
         )
         self._default = config.default_route
 
-    def match(self, host: str | None, path: str, method: str) -> Route:
+    def match(self, host: str | None, path: str, method: str, normal_path: str | None = None) -> Route:
         """`host` is the Host header value (port allowed); `method` is the one to route on
-        (for a preflight, `Access-Control-Request-Method`, see `proxy.policy.routing_method`)."""
+        (for a preflight, `Access-Control-Request-Method`, see `proxy.policy.routing_method`);
+        `normal_path` is `path`'s normalised view (`proxy.paths.normalised_path`), None or `path`
+        itself when it has none. Raises BadRequest(400, "ambiguous-path") when the two views
+        select different routes."""
         name = host_without_port(host)
+        route = self._first(name, path, method)
+        if normal_path is not None and normal_path != path and self._first(name, normal_path, method) is not route:
+            raise BadRequest(400, "ambiguous-path")
+        return route
+
+    def routes_of_views(self, host: str | None, path: str, method: str, normal_path: str) -> tuple[Route, Route]:
+        """The route each view selects (raw, normalised), for `coxp explain`."""
+        name = host_without_port(host)
+        return self._first(name, path, method), self._first(name, normal_path, method)
+
+    def _first(self, name: str, path: str, method: str) -> Route:
         for host_matches, path_matches, methods, route in self._routes:
             if host_matches is not None and not host_matches(name):
                 continue

@@ -21,7 +21,7 @@ from proxy.connection import ClientConnection
 from proxy.errors import ConfigError
 from proxy.exchange import Outcome, exchange
 from proxy.forwarding import UpstreamClient
-from proxy.http1 import BadRequest, RequestHead, serialize_head, text_body
+from proxy.http1 import BadRequest, RequestHead, refusal, serialize_head
 from proxy.listeners import bind_listeners
 from proxy.metrics import Metrics
 from proxy.model import Config, Endpoint
@@ -41,6 +41,7 @@ class ServingState:
     metrics: Metrics
     stopping: Callable[[], bool]
     admit: Callable[[], bool]
+    refuse: Callable[[ClientConnection, BadRequest], None]
     console: bool = False  # [log] format = "console": the request line also gets `host` and `warnings`
 
     def log_request(self, head: RequestHead, info: RequestInfo, decision: Decision, shadow: Decision | None,
@@ -111,6 +112,7 @@ class ProxyServer:
             metrics=self.metrics,
             stopping=lambda: self.stopping,
             admit=self._admit,
+            refuse=self.refuse,
             console=config.log.format == "console",
         )
 
@@ -132,9 +134,7 @@ class ProxyServer:
 
     def refuse(self, conn: ClientConnection, refused: BadRequest) -> None:
         """Requests rejected before routing: a short answer, the connection closed, a log line."""
-        body = text_body(f"{refused.status} {refused.reason}")
-        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))), *refused.headers,
-                   ("Connection", "close")]
+        headers, body = refusal(refused)
         conn.write(serialize_head(refused.status, headers) + body)
         self.metrics.bad_requests.labels(refused.reason).inc()
         self.state.log.info("bad_request", status=refused.status, reason=refused.reason, peer=conn.peer_ip)

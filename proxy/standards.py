@@ -19,6 +19,12 @@ TOKEN: Final = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 TOKEN_RE: Final = re.compile(TOKEN)
 TOKEN_BYTES_RE: Final = re.compile(TOKEN.encode("ascii"))
 
+# RFC 9110 §5.6.4:
+#   quoted-string = DQUOTE *( qdtext / quoted-pair ) DQUOTE
+#   qdtext        = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text
+#   quoted-pair   = "\" ( HTAB / SP / VCHAR / obs-text )
+QUOTED_STRING_BYTES: Final = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+
 # RFC 9110 §5.6.3: OWS = *( SP / HTAB )
 OWS: Final = " \t"
 

@@ -232,6 +232,33 @@ def test_explain_default_route_and_same_origin(tmp_path):
     assert (out["route"], out["cors"]) == ("default", "off")
 
 
+def test_explain_shows_both_path_views_and_the_400_when_they_disagree(tmp_path):
+    out = json.loads(explain(tmp_path, "--json", "http://api.example.test/x/..%2fapi/items").stdout)
+    assert (out["route"], out["cors"], out["reason"], out["status"]) == (None, None, "ambiguous-path", 400)
+    assert out["normalised_path"] == "/api/items" and out["body"] == "400 ambiguous-path\n"
+    assert "'default'" in out["note"] and "'api'" in out["note"] and "not contacted" in out["note"]
+    text = explain(tmp_path, "http://api.example.test/x/..%2fapi/items").stdout
+    assert re.search(r"^normalised:\s+/api/items\b", text, re.M)
+    assert re.search(r"^reason:\s+ambiguous-path$", text, re.M)
+
+
+def test_explain_shows_the_normalised_view_when_both_select_one_route(tmp_path):
+    out = json.loads(explain(tmp_path, "--json", "http://api.example.test/api//%7eitems").stdout)
+    assert (out["route"], out["normalised_path"], out["status"]) == ("api", "/api/~items", None)
+    out = json.loads(explain(tmp_path, "--json", "http://api.example.test/api/items").stdout)
+    assert out["normalised_path"] is None
+    assert "normalised:" not in explain(tmp_path, "http://api.example.test/api/items").stdout
+
+
+@pytest.mark.parametrize("url, header, reason", [
+    ("http://api.example.test/api/%zz", None, "bad-escape"),
+    ("http://api.example.test/api/x", "Host: a.test, evil.example", "invalid-host"),
+])
+def test_explain_shows_other_refusals_before_routing(tmp_path, url, header, reason):
+    out = json.loads(explain(tmp_path, "--json", *(["-H", header] if header else []), url).stdout)
+    assert (out["route"], out["reason"], out["status"], out["body"]) == (None, reason, 400, f"400 {reason}\n")
+
+
 @pytest.mark.parametrize("args", [["/relative"], ["-H", "no colon", "http://a.test/"]])
 def test_explain_usage_errors(tmp_path, args):
     result = explain(tmp_path, *args)

@@ -12,9 +12,18 @@ LIMITS = Limits(max_request_line=64, max_header_bytes=256, max_headers=4)
 
 
 def parse(raw: bytes, limits: Limits = LIMITS):
+    """`parse_head`, checked to give the same result (or refusal) line by line as on its fast path."""
     end = head_end(raw, limits)
     assert end == len(raw), f"head ends at {end} of {len(raw)}"
-    return parse_head(raw, limits)
+    try:
+        line_by_line = parse_head(raw, limits, fast_path=False)
+    except BadRequest as refused:
+        with pytest.raises(BadRequest) as also_refused:
+            parse_head(raw, limits)
+        assert (also_refused.value.status, also_refused.value.reason) == (refused.status, refused.reason)
+        raise
+    assert parse_head(raw, limits) == line_by_line
+    return line_by_line
 
 
 def head(*lines: str) -> bytes:
@@ -39,6 +48,15 @@ ACCEPTED = [
      ("GET", "/ws", "/ws", "a.test", None, False, True, True)),
     (head("OPTIONS * HTTP/1.1", "Host: a.test"), ("OPTIONS", "*", "*", "a.test", None, False, True, False)),
     (head("FROB-NICATE_1 /x HTTP/1.1", "Host: a.test"), ("FROB-NICATE_1", "/x", "/x", "a.test", None, False, True, False)),
+    # RFC 9110 §5.6.1: empty list elements are ignored.
+    (head("POST /p HTTP/1.1", "Host: a.test", "Transfer-Encoding: , chunked"), ("POST", "/p", "/p", "a.test", None, True, True, False)),
+    (head("POST /p HTTP/1.1", "Host: a.test", "Transfer-Encoding: ,", "Transfer-Encoding: chunked,"),
+     ("POST", "/p", "/p", "a.test", None, True, True, False)),
+    (head("POST /p HTTP/1.1", "Host: a.test", "Content-Length: \t5 "), ("POST", "/p", "/p", "a.test", 5, False, True, False)),
+    # Hosts: a DNS-style name (with "_"), IPv4, [IPv6], a trailing dot, each with or without a port.
+    (head("GET / HTTP/1.1", "Host: my_host.a-b.test.:80"), ("GET", "/", "/", "my_host.a-b.test.:80", None, False, True, False)),
+    (head("GET / HTTP/1.1", "Host: 192.0.2.1"), ("GET", "/", "/", "192.0.2.1", None, False, True, False)),
+    (head("GET / HTTP/1.1", "Host: [::1]:8080"), ("GET", "/", "/", "[::1]:8080", None, False, True, False)),
 ]
 
 
@@ -107,6 +125,37 @@ REFUSED = [
     (head("POST / HTTP/1.1", "Host: a", "Upgrade: foo", "Upgrade: bar"), 400, "repeated-upgrade"),
     (head("GET / HTTP/1.1", "Host: a", "Connection: upgrade", "Upgrade: h2c, websocket"), 400, "ambiguous-upgrade"),
     (head("GET / HTTP/1.1", "Host: a", "Connection: upgrade", "Upgrade: websocket, websocket"), 400, "ambiguous-upgrade"),
+    # Field values are trimmed of SP and HTAB only (RFC 9110 §5.6.3), never of \xa0 or \x85.
+    (head("POST / HTTP/1.1", "Host: a", "Content-Length: 5\xa0"), 400, "malformed-content-length"),
+    (head("POST / HTTP/1.1", "Host: a", "Content-Length: \xa05"), 400, "malformed-content-length"),
+    (head("POST / HTTP/1.1", "Host: a", "Content-Length: 5\x85"), 400, "malformed-content-length"),
+    (head("POST / HTTP/1.1", "Host: a", "Content-Length: 5, "), 400, "malformed-content-length"),
+    (head("POST / HTTP/1.1", "Host: a", "Content-Length: "), 400, "malformed-content-length"),
+    (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: \xa0chunked"), 400, "transfer-encoding-not-chunked"),
+    (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: chunked\x85"), 400, "transfer-encoding-not-chunked"),
+    # A Transfer-Encoding with no coding at all: absent to some servers, chunked to others.
+    (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: ,"), 400, "transfer-encoding-without-coding"),
+    (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding:"), 400, "transfer-encoding-without-coding"),
+    (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: \t, ,"), 400, "transfer-encoding-without-coding"),
+    (head("POST / HTTP/1.1", "Host: a", "Content-Length: 3", "Transfer-Encoding: ,"), 400, "transfer-encoding-without-coding"),
+    (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding:", "Content-Length: 3"), 400, "transfer-encoding-without-coding"),
+    # Host is host[:port] and nothing else.
+    (head("GET / HTTP/1.1", "Host: x@a.test"), 400, "invalid-host"),
+    (head("GET / HTTP/1.1", "Host: a.test,b.test"), 400, "invalid-host"),
+    (head("GET / HTTP/1.1", "Host: a.test, evil.example"), 400, "invalid-host"),
+    (head("GET / HTTP/1.1", "Host: a b"), 400, "invalid-host"),
+    (head("GET / HTTP/1.1", "Host:"), 400, "invalid-host"),
+    (head("GET / HTTP/1.1", "Host: :80"), 400, "invalid-host"),
+    (head("GET / HTTP/1.1", "Host: a.test:"), 400, "invalid-host"),
+    (head("GET / HTTP/1.1", "Host: a.test:80x"), 400, "invalid-host"),
+    (head("GET / HTTP/1.1", "Host: a%2ftest"), 400, "invalid-host"),
+    (head("GET / HTTP/1.1", "Host: caf\xe9.test"), 400, "invalid-host"),
+    (head("GET / HTTP/1.1", "Host: [v1.x]"), 400, "invalid-host"),
+    (head("GET / HTTP/1.1", "Host: ::1"), 400, "invalid-host"),
+    # A "%" in the path that is not "%XX"; the query is not the path's business.
+    (head("GET /a%zz HTTP/1.1", "Host: a"), 400, "bad-escape"),
+    (head("GET /a%2 HTTP/1.1", "Host: a"), 400, "bad-escape"),
+    (head("GET /a% HTTP/1.1", "Host: a"), 400, "bad-escape"),
 ]
 
 
@@ -141,6 +190,17 @@ def test_refused_heads(raw, status, reason):
     with pytest.raises(BadRequest) as refused:
         parse(raw)
     assert (refused.value.status, refused.value.reason) == (status, reason)
+
+
+@pytest.mark.parametrize("target, path, normal_path", [
+    ("/a/b?x=%zz", "/a/b", "/a/b"),
+    ("/%61dmin/x", "/%61dmin/x", "/admin/x"),
+    ("/api/..%2fadmin/x?q", "/api/..%2fadmin/x", "/admin/x"),
+    ("*", "*", "*"),
+])
+def test_the_path_and_its_normalised_view(target, path, normal_path):
+    parsed = parse(head(f"OPTIONS {target} HTTP/1.1", "Host: a"))
+    assert (parsed.target, parsed.path, parsed.normal_path) == (target, path, normal_path)
 
 
 def test_max_headers_counts_host_and_allows_exactly_the_limit():
@@ -190,7 +250,7 @@ def test_bare_lf_in_the_request_line_is_refused_at_once():
 CHUNKED_OK = [
     (b"0\r\n\r\n", b""),
     (b"5\r\nhello\r\n0\r\n\r\n", b"hello"),
-    (b"5;name=value\r\nhello\r\n6 \r\n world\r\n0\r\n\r\n", b"hello world"),
+    (b"5;name=value\r\nhello\r\n6 ; a = \"q\\\"\" ;b\r\n world\r\n0\r\n\r\n", b"hello world"),
     (b"A\r\n0123456789\r\n0\r\nX-Trailer: t\r\nY: u\r\n\r\n", b"0123456789"),
     (b"000001\r\nx\r\n0\r\n\r\n", b"x"),
 ]
@@ -205,6 +265,14 @@ CHUNKED_BAD = [
     (b"1" * 17 + b"\r\n", "bad-chunk-framing"),
     (b"5 ;\rx\r\n", "bad-chunk-framing"),
     (b"f" * 5000, "bad-chunk-framing"),
+    # RFC 9112 §7.1.1: whitespace only before ";", extensions are token[=token/quoted-string].
+    (b"5 \r\nhello\r\n", "bad-chunk-framing"),
+    (b"5;a\x00\r\nhello\r\n", "bad-chunk-framing"),
+    (b"5;a=\x01\r\nhello\r\n", "bad-chunk-framing"),
+    (b"5;a=\"x\x00\"\r\nhello\r\n", "bad-chunk-framing"),
+    (b"5;\r\nhello\r\n", "bad-chunk-framing"),
+    (b"5 x\r\nhello\r\n", "bad-chunk-framing"),
+    (b"5;a=b c\r\nhello\r\n", "bad-chunk-framing"),
     # Trailer fields are checked like header fields before they are dropped.
     (b"5\r\nhello\r\n0\r\nbad trailer\r\n\r\n", "malformed-header-field"),
     (b"5\r\nhello\r\n0\r\nX: a\x01\r\n\r\n", "control-character-in-header-value"),

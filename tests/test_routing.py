@@ -8,6 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.config import load_config_text
+from proxy.http1 import BadRequest
+from proxy.paths import normalised_path
 from proxy.routing import Router, compile_host_patterns, compile_path_globs, host_without_port
 
 CONFIG = textwrap.dedent("""
@@ -108,6 +110,10 @@ def test_route_without_criteria_matches_everything_and_hides_later_routes():
     ("[::1]", "::1"),
     ("", ""),
     (None, ""),
+    # One trailing dot is the same fully qualified name; two are not.
+    ("example.test.", "example.test"),
+    ("example.test.:8080", "example.test"),
+    ("example.test..", "example.test."),
 ])
 def test_host_without_port(value, expected):
     assert host_without_port(value) == expected
@@ -174,3 +180,32 @@ def test_random_host_patterns_and_hosts_never_raise(patterns, host):
 def test_router_never_raises(host, path, method):
     router = Router(load_config_text(CONFIG))
     assert router.match(host, path, method) is not None
+
+
+# --- the two path views ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("host,path,method,expected", [
+    ("api.example.test", "/api/a%2Fb", "GET", "api"),  # both views under /api/*
+    ("api.example.test", "/api//x/../y", "GET", "api"),
+    ("any.test", "/static/%7e", "GET", "files"),
+    ("any.test", "/x/%2e%2e/y", "GET", "default"),
+    ("api.example.test.", "/api/x", "GET", "api"),  # the trailing dot is ignored
+    ("api.example.test", "/api/../api/x", "POST", "api-write"),
+])
+def test_views_that_agree_select_their_route(router, host, path, method, expected):
+    assert router.match(host, path, method, normalised_path(path)).name == expected
+
+
+@pytest.mark.parametrize("host,path,method", [
+    ("api.example.test", "/api/..%2fother", "GET"),  # raw: api, normalised /other: default
+    ("api.example.test", "/x/..%2fapi/x", "GET"),  # raw: default, normalised /api/x: api
+    ("api.example.test", "//api/x", "GET"),
+    ("any.test", "/static/..%2fother", "GET"),  # raw: files, normalised /other: default
+    ("any.test", "/%66iles/a/raw", "GET"),  # raw: default, normalised: files
+])
+def test_views_that_disagree_are_ambiguous(router, host, path, method):
+    raw_route, normal_route = router.routes_of_views(host, path, method, normalised_path(path))
+    assert raw_route is not normal_route
+    with pytest.raises(BadRequest) as refused:
+        router.match(host, path, method, normalised_path(path))
+    assert (refused.value.status, refused.value.reason) == (400, "ambiguous-path")

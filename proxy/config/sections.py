@@ -44,6 +44,7 @@ PROXY_KEYS = (
     "listen", "upstream", "workers", "preserve_host", "forwarded_headers", "trusted_proxies",
     "connect_timeout", "read_timeout", "tls_cert", "tls_key", "upstream_ca", "upstream_verify",
     "rewrite_location",
+    "allow_underscores_in_headers",
 )
 ADMIN_KEYS = ("listen",)
 LOG_KEYS = ("level", "format")
@@ -123,6 +124,7 @@ def _proxy_settings(table: Table, base_dir: str) -> ProxySettings:
         upstream_ca=_upstream_ca(table, base_dir),
         upstream_verify=table.boolean("upstream_verify", True),
         rewrite_location=bool(table.boolean("rewrite_location", True)),
+        allow_underscores_in_headers=table.boolean("allow_underscores_in_headers", False),
     )
 
 
