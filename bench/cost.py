@@ -37,6 +37,7 @@ sys.path.insert(0, str(HERE))
 import run as bench  # noqa: E402  (bench/run.py: origin, wrk, process handling)
 
 KiB = 1024
+KEEP_DUMPS = os.environ.get("COST_KEEP_DUMPS")  # a directory: keep each callgrind profile there
 PATHS = {"small": "/api/small.json", "preflight": "/api/small.json", "100k": "/files/100k.bin",
          "1m": "/files/1m.bin"}
 
@@ -116,6 +117,8 @@ def instructions(src: Path, work: Path, name: str, origin_port: int, workload: s
         send(port, workload, requests, connections)
         callgrind(p.pid, "-d")
         dumps = sorted(work.glob(f"{name}.cg.{p.pid}*"), key=lambda f: f.stat().st_mtime)
+        if KEEP_DUMPS:
+            shutil.copy(dumps[-1], Path(KEEP_DUMPS) / f"{workload}-{name}.callgrind")
         text = dumps[-1].read_text(errors="replace")
         match = re.search(r"(?m)^(?:summary|totals):\s*(\d+)", text)
         if match is None:
