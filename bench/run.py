@@ -642,12 +642,19 @@ def run(args, targets, workloads, notes, work: Path, cpu_srv, cpu_wrk) -> int:
 
     coxp_rows = [t for t in ("coxp", "coxp-w2") if t in ports]
     rss = {t: {"before": rss_kib(pids[t].pid), "pss_before": pss_kib(pids[t].pid), "peak": 0,
-               "after": None, "pss_after": None} for t in coxp_rows}
+               "after": None, "pss_after": None, "by_workload": {}} for t in coxp_rows}
+    loading: dict[str, str | None] = {"target": None, "workload": None}  # what wrk is running now
+
+    def note_peak(t: str, kib: int) -> None:
+        rss[t]["peak"] = max(rss[t]["peak"], kib)
+        wname = loading["workload"]
+        if loading["target"] == t and wname is not None:
+            rss[t]["by_workload"][wname] = max(rss[t]["by_workload"].get(wname, 0), kib)
 
     def sample_rss():
         for t in coxp_rows:
             if pids[t].poll() is None:
-                rss[t]["peak"] = max(rss[t]["peak"], rss_kib(pids[t].pid))
+                note_peak(t, rss_kib(pids[t].pid))
 
     sampler_stop = threading.Event()
 
@@ -658,8 +665,7 @@ def run(args, targets, workloads, notes, work: Path, cpu_srv, cpu_wrk) -> int:
             for t in coxp_rows:
                 if n % 10 == 0:
                     trees[t] = descendants(pids[t].pid)
-                kib = sum(_proc_field(f"/proc/{q}/status", "VmRSS:") for q in trees.get(t, []))
-                rss[t]["peak"] = max(rss[t]["peak"], kib)
+                note_peak(t, sum(_proc_field(f"/proc/{q}/status", "VmRSS:") for q in trees.get(t, [])))
             n += 1
             sampler_stop.wait(0.2)
 
@@ -695,12 +701,14 @@ def run(args, targets, workloads, notes, work: Path, cpu_srv, cpu_wrk) -> int:
                 if t in dead:
                     continue
                 try:
+                    loading.update(target=t, workload=wname)
                     if args.warmup:
                         wrk.run(ports[t], wl, args.warmup)
                     sample_rss()
                     la = wait_quiet(args.wait_quiet)
                     res = wrk.run(ports[t], wl, args.duration)
                     sample_rss()
+                    loading.update(target=None, workload=None)
                 except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
                     log(f"{t} {wname}: {e}")
                     notes.append(f"{t} {wname} round {rnd + 1}: wrk failed: {str(e)[:200]}")
@@ -821,6 +829,50 @@ def big_body_rss(port: int, pid: int, cpu) -> dict:
             "peak_kib": peak[0], "after_kib": rss_kib(pid)}
 
 
+def targets_section(workloads, med, half, rss) -> list[str]:
+    """Issue 16's targets as PASS/FAIL lines (`n/a` when a run needed for one is missing)."""
+    lines: list[str] = []
+
+    def check(title: str, value: float | None, target: float, shown: str, higher_is_better: bool = True) -> None:
+        if value is None:
+            lines.append(f"- n/a: {title} (not measured in this run)")
+            return
+        ok = value >= target if higher_is_better else value < target
+        lines.append(f"- {'PASS' if ok else 'FAIL'}: {title}: {shown}")
+
+    def ratio_of(wname: str, row: str, ref: str) -> float | None:
+        key = "mbps" if WORKLOADS[wname]["unit"] == "MB/s" else "rps"
+        a, b = med(wname, row, key), med(wname, ref, key)
+        return a / b if a and b else None
+
+    def show(x: float | None) -> str:
+        return f"{x:.2f}×" if x is not None else "–"
+
+    for wname, refs in (("small", (("caddy", 1.2), ("nginx", 0.3))), ("preflight", (("caddy", 1.0),)),
+                        ("100k", (("caddy", 1.0),)), ("1m", (("caddy", 1.0), ("nginx", 1.0)))):
+        if wname not in workloads:
+            continue
+        for ref, target in refs:
+            r = ratio_of(wname, "coxp", ref)
+            check(f"{WORKLOADS[wname]['title']}: coxp ≥ {target}× {ref}", r, target, show(r))
+    if "small" in workloads:
+        r = ratio_of("small", "coxp-w2", "coxp")
+        others = ", ".join(f"{w} {show(ratio_of(w, 'coxp-w2', 'coxp'))}" for w in workloads if w != "small")
+        check("`workers = 2` ≥ 1.8× one worker (small GET req/s)", r, 1.8,
+              show(r) + (f" (other workloads: {others})" if others else ""))
+    if half:
+        p99 = {t: statistics.median(r["p99_us"] for r in rs) for t, rs in half["res"].items()}
+        d = (p99["coxp"] - p99["nginx"]) / 1000 if "coxp" in p99 and "nginx" in p99 else None
+        check(f"p99 at {half['rate']:,.0f} req/s within 1 ms of nginx's", d, 1.0,
+              f"{d:+.2f} ms" if d is not None else "–", higher_is_better=False)
+    peak = rss.get("coxp", {}).get("by_workload", {}).get("1m")
+    check("peak RSS of one worker under 64 concurrent 1 MiB bodies < 64 MiB", peak / 1024 if peak else None, 64,
+          mib(peak), higher_is_better=False)
+    if not lines:
+        return []
+    return ["", "## Targets (issue 16)", "", *lines]
+
+
 def render(args, targets, workloads, ports, results, med, half, rss, big, notes, verified) -> str:
     now = dt.datetime.now(dt.timezone.utc)
     try:
@@ -853,6 +905,7 @@ def render(args, targets, workloads, ports, results, med, half, rss, big, notes,
     L.append(f"- fairness check: {'all targets emit the same CORS/CORP/COOP/COEP/Vary headers' if verified else 'UNVERIFIED (headers differed)'}")
     for n in notes:
         L.append(f"- note: {n}")
+    L += targets_section(workloads, med, half, rss)
     order = [t for t in ALL_TARGETS if t in ports]
     for wname in workloads:
         wl = WORKLOADS[wname]
@@ -900,13 +953,13 @@ def render(args, targets, workloads, ports, results, med, half, rss, big, notes,
         L.append("")
         L.append("PSS counts pages shared between forked workers once; summed RSS counts them per process.")
         L.append("")
-        L.append("| target | RSS before load | RSS peak during runs | RSS after all runs | PSS before → after | 1 GiB body: RSS before → peak → after |")
-        L.append("|---|---:|---:|---:|---:|---|")
+        L.append("| target | RSS before load | RSS peak during runs | peak during its 1 MiB runs | RSS after all runs | PSS before → after | 1 GiB body: RSS before → peak → after |")
+        L.append("|---|---:|---:|---:|---:|---:|---|")
         for t, r in rss.items():
             b = big.get(t)
             bs = (f"{mib(b['before_kib'])} → {mib(b['peak_kib'])} → {mib(b['after_kib'])} "
                   f"({b['bytes'] / MiB:,.0f} MiB in {b['seconds']} s, status {b['status']})") if b else "–"
-            L.append(f"| {t} | {mib(r['before'])} | {mib(r['peak'])} | {mib(r['after'])} | "
+            L.append(f"| {t} | {mib(r['before'])} | {mib(r['peak'])} | {mib(r['by_workload'].get('1m'))} | {mib(r['after'])} | "
                      f"{mib(r['pss_before'])} → {mib(r['pss_after'])} | {bs} |")
     L.append("")
     return "\n".join(L)
