@@ -27,7 +27,7 @@ def _print_problems(error: ConfigError) -> int:
 
 def _print_warnings(warnings: tuple[str, ...]) -> None:
     for line in warnings:
-        print(f"warning: {line}", file=sys.stderr)
+        print(line, file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

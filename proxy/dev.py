@@ -135,7 +135,7 @@ def flag_problem_line(problem: ConfigProblem, options: DevOptions) -> str:
 def flag_warning_line(line: str, options: DevOptions) -> str:
     """A rendered check warning (`coxp dev: KEY: warning: message`) moved onto its flag."""
     key, _, message = line.removeprefix(f"{SOURCE}: ").partition(": ")
-    return flag_problem_line(ConfigProblem(key, message), options)
+    return flag_problem_line(ConfigProblem(key, message.removeprefix("warning: ")), options)
 
 
 def load(options: DevOptions) -> tuple[str, Config]:

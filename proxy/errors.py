@@ -13,6 +13,10 @@ class ConfigProblem:
     def render(self, source: str) -> str:
         return f"{source}: {self.key}: {self.message}" if self.key else f"{source}: {self.message}"
 
+    def render_warning(self, source: str) -> str:
+        """`FILE: KEY.PATH: warning: message`, as `coxp check` prints a warning."""
+        return f"{source}: {self.key}: warning: {self.message}" if self.key else f"{source}: warning: {self.message}"
+
 
 class ConfigError(Exception):
     """Raised by `proxy.config.load_config` with every problem found, never just the first."""

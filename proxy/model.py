@@ -230,7 +230,7 @@ class Config:
     limits: Limits
     routes: tuple[Route, ...]
     default_route: Route
-    warnings: tuple[str, ...] = ()  # "FILE: key.path: message", printed by `check`
+    warnings: tuple[str, ...] = ()  # "FILE: key.path: warning: message", printed by `check`
     reports: ReportsSettings | None = None  # None: no collector
     sha256: str = ""  # hex SHA-256 of the file's bytes: which config is serving (/reload, coxp_config_info)
     effective: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)

@@ -675,3 +675,38 @@ def test_warnings_under_a_route_name_it():
 def test_a_duplicate_name_is_not_named_twice():
     found = problems(UPSTREAM + '[[routes]]\nname = "a"\n[[routes]]\nname = "a"\n')
     assert found == [("routes[1].name", '"a" is already the name of routes[0]; route names are unique')]
+
+
+# --------------------------------------------------------------------------------------------
+# The warning about requests that reach `default` while a route owns CORS
+
+OWNS_CORS = '[routes.cors]\nallow_origins = ["https://app.example.test"]\n'
+DEFAULT_PASSES = "defaults.cors"
+
+
+@pytest.mark.parametrize("text", [
+    route('paths = ["/api/*"]\n' + OWNS_CORS),
+    route('hosts = ["api.example.test"]\n' + OWNS_CORS),
+    route('methods = ["GET"]\n' + OWNS_CORS),
+    route('paths = ["/*"]\nhosts = ["api.example.test"]\n' + OWNS_CORS),
+    route('paths = ["/api/*"]\n[routes.cors]\nmode = "default"\nallow_origins = ["https://a.test"]\n'),
+    # a catch-all route without CORS still leaves the first route's CORS to its routes only
+    route('paths = ["/api/*"]\n' + OWNS_CORS) + '[[routes]]\nname = "rest"\npaths = ["/static/*", "/img/*"]\n',
+])
+def test_a_route_owning_cors_while_default_passes_it_is_warned_about(text):
+    [warning] = [w for w in load(text).warnings if f": {DEFAULT_PASSES}: " in w]
+    assert warning.startswith(f"c.toml: {DEFAULT_PASSES}: warning: route \"r\" owns CORS")
+    assert '[defaults.cors] with mode = "remove"' in warning
+
+
+@pytest.mark.parametrize("text", [
+    route(OWNS_CORS),  # no paths, hosts or methods: the route catches everything
+    route('paths = ["/*"]\n' + OWNS_CORS),
+    route('paths = ["/api/*"]\n' + OWNS_CORS) + '[[routes]]\nname = "all"\npaths = ["/health", "/*"]\n',
+    route('paths = ["/api/*"]\n' + OWNS_CORS) + '[defaults.cors]\nmode = "remove"\n',
+    route('paths = ["/api/*"]\n' + OWNS_CORS) + '[defaults.cors]\nmode = "pass"\n',
+    route('paths = ["/api/*"]\n[routes.cors]\nmode = "remove"\n'),
+    route('paths = ["/api/*"]\n[routes.cors]\nmode = "pass"\n'),
+])
+def test_no_warning_when_default_is_decided_or_unreachable(text):
+    assert not [w for w in load(text).warnings if f": {DEFAULT_PASSES}: " in w]

@@ -12,6 +12,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from proxy.config.cors import SETTING_MODES
 from proxy.config.policies import POLICY_TABLES, compile_policies_table
 from proxy.config.reading import Report, Table, describe, quoted
 from proxy.config.values import (
@@ -81,6 +82,7 @@ def compile_config(report: Report, data: dict[str, Any], source: str, base_dir: 
     defaults = compile_policies_table(defaults_table, Policies(), {})
     routes, route_effective = _routes(root, defaults, defaults_table.effective, proxy)
     _require_upstream(proxy_table, routes)
+    _warn_default_route_passes_cors(defaults_table, routes)
     default_route = Route(name="default", policies=defaults,
                           compiled=compile_policies(defaults, _redirects_from(proxy, proxy.upstream)),
                           upstream=proxy.upstream, shadow=_shadow_route("default", defaults))
@@ -96,7 +98,7 @@ def compile_config(report: Report, data: dict[str, Any], source: str, base_dir: 
     report.name_routes(data.get("routes"))
     return Config(
         source=source, proxy=proxy, admin=admin, log=log, limits=limits, routes=tuple(routes),
-        default_route=default_route, warnings=tuple(w.render(source) for w in report.warnings),
+        default_route=default_route, warnings=tuple(w.render_warning(source) for w in report.warnings),
         effective=effective, reports=reports,
     )
 
@@ -231,6 +233,28 @@ def _require_upstream(proxy_table: Table, routes: list[Route]) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Routes
+
+
+def _warn_default_route_passes_cors(defaults_table: Table, routes: list[Route]) -> None:
+    """A route owning CORS while the implicit `default` route leaves it alone: a request outside
+    the routes (another Host, another path) gets the upstream's own CORS headers — often the
+    very ones coxp was put there to replace (a reflected Origin with credentials)."""
+    if "cors" in defaults_table.data:
+        return  # [defaults.cors] decides, whatever its mode
+    owner = next((r for r in routes if r.policies.cors is not None and r.policies.cors.mode in SETTING_MODES), None)
+    if owner is None or any(_catches_everything(route) for route in routes):
+        return
+    defaults_table.warn(
+        "cors",
+        f'route "{owner.name}" owns CORS, but requests that match no route (route "default") pass the '
+        "upstream's own CORS headers through; add [defaults.cors] with mode = \"remove\" (or a policy "
+        "of its own) so that they are decided too",
+    )
+
+
+def _catches_everything(route: Route) -> bool:
+    """Every request matches `route` (so none reaches `default`)."""
+    return route.hosts is None and route.methods is None and (route.paths is None or "/*" in route.paths)
 
 
 def _redirects_from(proxy: ProxySettings, upstream: Upstream | None) -> Upstream | None:
