@@ -20,21 +20,21 @@ import struct
 import sys
 import zlib
 from collections import deque
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from proxy import logs
-from proxy.config import load_config_text
+from proxy.config import load_config
 from proxy.errors import ConfigError
 from proxy.listeners import bind_listeners
-from proxy.model import Config, Endpoint
+from proxy.model import Endpoint
 from proxy.server import install_event_loop, serve
 
 SITE = importlib.resources.files("proxy").joinpath("demo_site")
 KEPT = 200  # decisions, reports and isolation results the page can still read
-CONFIG_PORT = "localhost:8080"  # the port demo.toml's URLs name; replaced by the one picked
 
 
 def _png(size: int, rgb: tuple[int, int, int]) -> bytes:
@@ -51,8 +51,8 @@ LOGO = _png(32, (0x2b, 0x6c, 0xd4))
 
 
 class DemoLog:
-    """What the page reads from `/demo/log`: coxp's `request` decisions (captured from the
-    decision log), the isolated window's findings, and the reports the browser delivered."""
+    """What the page reads from `/demo/log`: coxp's `request` decisions and the `report` events of
+    its report collector (both captured from the decision log), and the isolated window's findings."""
 
     def __init__(self) -> None:
         self._seq = itertools.count(1)
@@ -65,12 +65,15 @@ class DemoLog:
         self.last = next(self._seq)
         kind.append({**entry, "seq": self.last})
 
-    def capture(self, _logger: object, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    def capture(self, _logger: object, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         """A structlog processor placed before the renderer: it sees every event, keeps the
         request decisions, and passes the event on unchanged."""
-        if event.get("event") == "request":
+        kind = event.get("event")
+        if kind == "request":
             self.add(self.decisions, {key: event.get(key) for key in (
                 "route", "method", "path", "origin", "cors", "reason", "headers_set", "headers_removed", "status")})
+        elif kind == "report":
+            self.add(self.reports, {key: event.get(key) for key in ("type", "url", "disposition", "blocked_url")})
         return event
 
     def since(self, seq: int) -> dict[str, Any]:
@@ -142,17 +145,6 @@ def demo_origin(settings: dict[str, str], log: DemoLog) -> web.Application:
                                 "shared_array_buffer": found.get("shared_array_buffer") is True})
         return web.Response(status=204)
 
-    async def reports(request: web.Request) -> web.Response:
-        # Reporting API delivery: a JSON array of reports (application/reports+json).
-        try:
-            body = json.loads(await request.text())
-        except ValueError:
-            raise web.HTTPBadRequest(text="not JSON") from None
-        for report in body if isinstance(body, list) else []:
-            if isinstance(report, dict):
-                log.add(log.reports, {"type": report.get("type"), "url": report.get("url"), "body": report.get("body")})
-        return web.Response(status=204)
-
     app = web.Application(client_max_size=64 * 1024)
     app.router.add_get("/", index)
     app.router.add_get("/demo.js", static("demo.js", "text/javascript"))
@@ -171,7 +163,6 @@ def demo_origin(settings: dict[str, str], log: DemoLog) -> web.Application:
     app.router.add_post("/isolated/result", isolation_result)
     app.router.add_get("/isolated/embed.html", static("embed.html", "text/html"))
     app.router.add_get("/report-only/frame.html", static("report-frame.html", "text/html"))
-    app.router.add_post("/reports", reports)
     return app
 
 
@@ -195,13 +186,8 @@ def _capture_decisions(log: DemoLog) -> None:
 
 async def _run(port: int) -> int:
     path = demo_config_path()
-    with open(path, encoding="utf-8") as file:
-        text = file.read()
-    if port == 0:
-        # The port is written into the config's URLs, so it is picked before the config is read.
-        port = free_localhost_port()
     log = DemoLog()
-    settings = {"coxp": coxp_command(), "config": path, "proxy": f"http://localhost:{port}"}
+    settings = {"coxp": coxp_command(), "config": path, "proxy": ""}
     runner = web.AppRunner(demo_origin(settings, log), access_log=None, handle_signals=False)
     await runner.setup()
     try:
@@ -210,32 +196,22 @@ async def _run(port: int) -> int:
         for sock in origin_sockets:
             await web.SockSite(runner, sock).start()
         origin_port = origin_sockets[0].getsockname()[1]
+        overrides = {"proxy": {"listen": f"localhost:{port}", "upstream": f"http://127.0.0.1:{origin_port}"}}
         try:
-            config = _load(text, path, port, origin_port)
+            config = load_config(path, overrides)
         except ConfigError as error:
             print("\n".join(error.lines()), file=sys.stderr)
             return 2
         logs.configure("console", config.log.level)
         _capture_decisions(log)
-        return await serve(config, path, None, announce=lambda _: print(_banner(origin_port, settings), flush=True))
+
+        def announce(address: str) -> None:
+            settings["proxy"] = f"http://{address}"  # before the first request: the page needs it
+            print(_banner(origin_port, settings), flush=True)
+
+        return await serve(config, path, overrides, announce=announce)
     finally:
         await runner.cleanup()
-
-
-def free_localhost_port() -> int:
-    """A port free on every address of localhost (released again: the proxy binds it next)."""
-    sockets = bind_listeners(Endpoint("localhost", 0))
-    port: int = sockets[0].getsockname()[1]
-    for sock in sockets:
-        sock.close()
-    return port
-
-
-def _load(text: str, path: str, port: int, origin_port: int) -> Config:
-    """demo.toml with the picked ports: the proxy's own in its URLs and [proxy].listen, the demo
-    origin's as [proxy].upstream."""
-    overrides = {"proxy": {"listen": f"localhost:{port}", "upstream": f"http://127.0.0.1:{origin_port}"}}
-    return load_config_text(text.replace(CONFIG_PORT, f"localhost:{port}"), source=path, overrides=overrides)
 
 
 def _banner(origin_port: int, settings: dict[str, str]) -> str:

@@ -42,11 +42,11 @@ def _addresses(host: str) -> list[tuple[int, str]]:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
         raise ListenError(error, host) from None
-    found = [(family, str(address[0])) for family, _, _, _, address in infos]
+    found: list[tuple[int, str]] = [(int(family), str(address[0])) for family, _, _, _, address in infos]
     if host == "localhost":
         # Browsers resolve `localhost` to both loopback addresses themselves, whatever
         # /etc/hosts says (RFC 6761 §6.3: it is always loopback), and try ::1 first.
-        found += [(family, address) for family, address in LOOPBACKS if _supported(family, address)]
+        found += [(int(family), address) for family, address in LOOPBACKS if _supported(family, address)]
     return list(dict.fromkeys(found))
 
 

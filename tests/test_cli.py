@@ -381,12 +381,20 @@ def test_demo_starts_prints_urls_and_serves_through_the_proxy(tmp_path):
         assert isolated.value("Cross-Origin-Opener-Policy") == "same-origin"
         assert isolated.value("Cross-Origin-Embedder-Policy") == "require-corp"
         report_only = http_request(port, "GET", "/report-only/frame.html", host=f"localhost:{port}")
-        assert report_only.value("Reporting-Endpoints") == f'demo="http://localhost:{port}/reports"'
+        assert report_only.value("Reporting-Endpoints") == 'demo="/.coxp/reports"'
+        report = json.dumps([{"type": "coep", "url": f"http://localhost:{port}/report-only/frame.html", "body": {
+            "type": "corp", "blockedURL": f"{origin}/logo.png", "disposition": "reporting"}}]).encode()
+        delivered = http_request(port, "POST", "/.coxp/reports", [("Content-Type", "application/reports+json")],
+                                 body=report, host=f"localhost:{port}")
+        assert delivered.status == 204
 
         # The page reads coxp's decisions from the demo origin's /demo/log.
         log = json.loads(http_request(origin_port, "GET", "/demo/log?since=0", host=f"localhost:{origin_port}").body)
         assert [(d["method"], d["path"], d["route"], d["cors"]) for d in log["decisions"]][:2] == [
             ("GET", "/api/hello", "api", "allowed"), ("OPTIONS", "/api/echo", "api", "preflight-allowed")]
+        # ... and the reports coxp's collector logged.
+        assert [(r["type"], r["blocked_url"], r["disposition"]) for r in log["reports"]] == [
+            ("coep", f"{origin}/logo.png", "reporting")]
     finally:
         assert demo.stop() == 0
 

@@ -13,7 +13,6 @@ import time
 from urllib.parse import quote
 
 import pytest
-
 from harness import PYTHON, WAIT, Coxp, free_port, http_request
 
 from proxy.console import ConsoleRenderer, colours_wanted, cookie_warnings
@@ -206,3 +205,32 @@ def test_colours_on_a_terminal(tmp_path, query_upstream):
     line = next(l for l in output.decode().splitlines() if "/hello" in l)
     assert "\x1b[1m\x1b[32m200\x1b[0m" in line  # a green, bold status
     assert ANSI.sub("", line).startswith("200 GET ")
+
+
+COOKIES = """
+[proxy]
+listen = "127.0.0.1:0"
+upstream = "{upstream}"
+[log]
+format = "console"
+[[routes]]
+name = "api"
+[routes.cors]
+allow_origins = ["http://localhost:*"]
+allow_credentials = true
+{cookies}
+"""
+
+
+@pytest.mark.parametrize("cookies", ["", '[routes.cookies]\nsamesite = "none"\nsecure = true\n'],
+                         ids=["as-sent", "routes.cookies-fixes-it"])
+def test_the_cookie_warning_judges_the_cookie_as_coxp_sends_it(coxp, query_upstream, cookies):
+    proxy = coxp(COOKIES.format(upstream=query_upstream.url, cookies=cookies), ready=None)
+    port = int(re.search(r"127\.0\.0\.1:(\d+)", proxy.wait_line(lambda l: "listening" in l)).group(1))
+    response = http_request(port, "GET", cookie_target(LAX), [("Origin", APP)], host=f"127.0.0.1:{port}")
+    proxy.wait_line(lambda l: "/login" in l)
+    http_request(port, "GET", "/settle", [("Origin", APP)], host=f"127.0.0.1:{port}")
+    proxy.wait_line(lambda l: "/settle" in l)  # any warning of /login was written before this line
+    warned = any("will not send this cookie back" in l for l in proxy.lines)
+    assert warned is (cookies == "")
+    assert ("SameSite=None" in response.value("Set-Cookie")) is (cookies != "")

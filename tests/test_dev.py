@@ -9,10 +9,8 @@ import os
 import socket
 import subprocess
 import tomllib
-from pathlib import Path
 
 import pytest
-
 from harness import PYTHON, REPO, WAIT, Coxp, free_port, request_bytes, run_cli, send
 
 APP = "http://localhost:5173"

@@ -214,20 +214,22 @@ const PANELS = [
     expect: "image loaded, reported",
     lesson: "Before enforcing COEP, send it as Cross-Origin-Embedder-Policy-Report-Only: the browser loads " +
       "everything but reports what would have been blocked. The frame embeds an image without CORP; the " +
-      "report reaches the page (ReportingObserver) and, within about a minute, the Reporting-Endpoints URL.",
+      "report reaches the page at once (ReportingObserver) and, within about a minute, coxp's report " +
+      "collector (Reporting-Endpoints: demo=\"/.coxp/reports\"), which logs it as a report event.",
     request: `<iframe src="${S.proxy}/report-only/frame.html">\n  <img src="${HERE}/logo.png">`,
-    paths: ["/report-only/frame.html", "/reports"],
+    paths: ["/report-only/frame.html"],
     tries: [["GET", "/report-only/frame.html"]],
     async run(panel, since) {
       const result = await frameResult(panel, `${S.proxy}/report-only/frame.html?direct=${encodeURIComponent(HERE)}&${fresh()}`, 8000);
       if (!result) return {did: "no answer", detail: "the frame did not report back"};
-      const report = result.report || (await waitFor(async () => (await readLog(since)).reports.at(-1), 3000));
-      const delivered = (await readLog(since)).reports.length;
-      const body = report?.body || {};
+      const collected = (await readLog(0)).reports;
+      const seen = result.report?.body || {};
+      const report = result.report ? {blocked: seen.blockedURL, disposition: seen.disposition} :
+        collected.length ? {blocked: collected.at(-1).blocked_url, disposition: collected.at(-1).disposition} : null;
       return {
         did: `image ${result.image}, ${report ? "reported" : "not reported"}`,
-        detail: report ? `a "${report.type}" report (${body.type || "?"}): ${body.blockedURL || "?"} would be ` +
-          `blocked (disposition "${body.disposition || "?"}"); reports delivered to the endpoint so far: ${delivered}` : "",
+        detail: (report ? `${report.blocked} would be blocked (disposition "${report.disposition}"); ` : "") +
+          `coxp's collector has logged ${collected.length} report(s) so far`,
       };
     },
   },
