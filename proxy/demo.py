@@ -71,7 +71,8 @@ class DemoLog:
         kind = event.get("event")
         if kind == "request":
             self.add(self.decisions, {key: event.get(key) for key in (
-                "route", "method", "path", "origin", "cors", "reason", "headers_set", "headers_removed", "status")})
+                "route", "method", "path", "origin", "cors", "reason", "headers_set", "headers_removed", "status",
+                "warnings")})
         elif kind == "report":
             self.add(self.reports, {key: event.get(key) for key in ("type", "url", "disposition", "blocked_url")})
         return event

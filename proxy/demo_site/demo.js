@@ -266,7 +266,8 @@ function renderPanel(spec) {
 
 function describe(decision) {
   const reason = decision.reason ? ` (${decision.reason})` : "";
-  return `${decision.method} ${decision.path} → ${decision.status}, route ${decision.route}, cors ${decision.cors}${reason}`;
+  const warnings = (decision.warnings || []).map((w) => `\n  ⚠ coxp warns: ${w}`).join("");
+  return `${decision.method} ${decision.path} → ${decision.status}, route ${decision.route}, cors ${decision.cors}${reason}${warnings}`;
 }
 
 async function runPanel(spec, panel) {

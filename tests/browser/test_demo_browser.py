@@ -42,7 +42,9 @@ def test_every_panel_shows_its_expected_outcome(demo, context):
     page.wait_for_function("document.getElementById('isolation').dataset.verdict", timeout=20_000)
 
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
+    # The whole page in one viewport (a full-page capture leaves cross-origin frames blank).
+    page.set_viewport_size({"width": 1400, "height": page.evaluate("document.documentElement.scrollHeight")})
+    page.screenshot(path=str(ARTIFACTS / "demo.png"))
     outcomes = {panel: page.eval_on_selector(f"#{panel}", "p => [p.dataset.did, p.dataset.expect, p.dataset.verdict]")
                 for panel in PANELS}
     assert {panel: did for panel, (did, _, _) in outcomes.items()} == {
@@ -55,6 +57,8 @@ def test_every_panel_shows_its_expected_outcome(demo, context):
     assert "route partner" in decided and "cors denied" in decided
     assert "OPTIONS /api/echo → 204" in page.inner_text("#preflight .decision")
     assert "cross-origin-resource-policy" in page.inner_text("#corp .headers")
+    # The credentialed call the api route refuses comes with coxp's console warning saying why.
+    assert "does not allow credentials" in page.inner_text("#credentials .decision")
 
     # The "Try it" commands work as printed: a real shell runs them.
     commands = page.text_content("#preflight .try").splitlines()  # inside a closed <details>
