@@ -520,7 +520,28 @@ WARNINGS = [
 @pytest.mark.parametrize("text,key,fragment", WARNINGS, ids=[case[1] + ":" + case[2] for case in WARNINGS])
 def test_warning_is_rendered_with_file_and_key(text, key, fragment):
     warnings = load(text).warnings
-    assert any(w.startswith(f"c.toml: {key}: ") and fragment in w for w in warnings), warnings
+    assert any(w.startswith(f"c.toml: {key}: warning: ") and fragment in w for w in warnings), warnings
+
+
+# Requests are routed on the raw path and on its normalised form: a glob that is not normalised
+# matches the two views differently, so the requests it was written for are refused.
+GLOB_WARNINGS = [
+    ("/api/%2e%2e/admin", 'write "/admin"'), ("/a//b", 'write "/a/b"'), ("/a/./b/*", 'write "/a/b/*"'),
+    ("/a/../b", 'write "/b"'), ("/a/.", 'write "/a/"'), ("/a/..", 'write "/"'), ("/a%2Fb/*", 'write "/a/b/*"'),
+    ("/a;v=1/*", 'write "/a/*"'), ("/a\\\\b", 'write "/a/b"'), ("/a%zz", "400 bad-escape"),
+]
+
+
+@pytest.mark.parametrize("glob, fragment", GLOB_WARNINGS)
+def test_a_glob_not_in_normalised_form_gets_a_warning(glob, fragment):
+    [warning] = load(route(f'paths = ["/ok/*", "{glob}"]\n')).warnings
+    assert warning.startswith("c.toml: routes[0].paths[1]: warning: ") and fragment in warning
+    assert "ambiguous-path" in warning or "bad-escape" in warning
+
+
+@pytest.mark.parametrize("glob", ["/*", "/.well-known/*", "/a.b/..c", "/a/*/b", "/~user/*"])
+def test_a_normalised_glob_gets_no_warning(glob):
+    assert load(route(f'paths = ["{glob}"]\n')).warnings == ()
 
 
 def test_loopback_http_origins_with_credentials_are_fine():

@@ -23,6 +23,7 @@ from proxy.config.values import (
     parse_path_glob,
     parse_collector_path,
     parse_upstream,
+    path_glob_warning,
 )
 from proxy.model import (
     AdminSettings,
@@ -287,6 +288,9 @@ def _route(table: Table, seen: dict[str, int], index: int, defaults: Policies,
     name = _route_name(table, seen, index)
     hosts = _route_list(table, "hosts", parse_host_pattern)
     paths = _route_list(table, "paths", parse_path_glob)
+    for position, glob in enumerate(paths or ()):
+        if (warning := path_glob_warning(glob)) is not None:
+            table.warn(f"paths[{position}]", warning)
     methods = _route_methods(table)
     policies = compile_policies_table(table, defaults, defaults_effective)
     upstream = table.parsed("upstream", parse_upstream)

@@ -7,6 +7,7 @@ import re
 
 from proxy.config.reading import Invalid, quoted
 from proxy.model import Endpoint, IPNetwork, Upstream
+from proxy.paths import MalformedEscape, normalised_path
 from proxy.standards import DEFAULT_PORTS, NORMALISED_METHODS, TOKEN_RE, is_loopback_host
 
 # RFC 8941 §3.1.2: a Structured Field dictionary key, the grammar of Reporting-Endpoints names.
@@ -125,6 +126,27 @@ def parse_path_glob(text: str) -> str:
         # Request targets are ASCII without spaces (RFC 9112 §3.2); paths are never decoded.
         raise Invalid(f"{quoted(text)} has a space, control or non-ASCII character; write it percent-encoded, as browsers send it")
     return text
+
+
+# What a glob may not contain for its raw and normalised views to be the same (a `%XX` escape,
+# an empty or dot segment, `;params`, `\`): such a glob matches a request's two views differently.
+_NOT_NORMALISED = re.compile(r"%|//|/\.\.?(?:/|$)|;|\\")
+
+
+def path_glob_warning(glob: str) -> str | None:
+    """Why a valid glob will not do what it says, or None. Requests are routed on the raw path
+    and on its normalised form; a route whose glob matches only one of them gets the request
+    refused (400 ambiguous-path) instead of matched."""
+    if _NOT_NORMALISED.search(glob) is None:
+        return None
+    try:
+        normal = normalised_path(glob)
+    except MalformedEscape:
+        return (f"{quoted(glob)} has a '%' that is not %XX; requests with such a path are refused "
+                "(400 bad-escape), so it never matches")
+    return (f"{quoted(glob)} is not in normalised form; requests are routed on the raw path and on "
+            "its normalised form (%XX decoded, dot segments and ;params removed, '//' merged), and one that "
+            f"matches in only one of them is refused (400 ambiguous-path); write {quoted(normal)}")
 
 
 def parse_method(text: str) -> str:
