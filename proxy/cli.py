@@ -31,7 +31,7 @@ def _print_warnings(warnings: tuple[str, ...]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from proxy.server import run
+    from proxy.process import run
 
     overrides = _overrides(args)
     try:

@@ -10,14 +10,13 @@ collector hold memory or a connection for long. A refused body is logged as one
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
+from proxy import events
 from proxy.connection import ClientConnection
 from proxy.http1 import BadRequest, RequestHead, serialize_head, text_body
 from proxy.reports import ReportRefused, check_media_type, media_type, parse_reports
+from proxy.state import ServingState
 
-if TYPE_CHECKING:
-    from proxy.server import ServingState
 
 ALLOW = "POST, OPTIONS"
 # Browsers deliver reports from any page, cross-origin included (Reporting API §3.3: the
@@ -31,7 +30,7 @@ _PREFLIGHT_ANSWER = _CORS_ANSWER + (
 )
 
 
-async def collect(state: "ServingState", conn: ClientConnection, head: RequestHead) -> bool:
+async def collect(state: ServingState, conn: ClientConnection, head: RequestHead) -> bool:
     """Serve one request to the collector path; True when the connection may carry another."""
     settings = state.config.reports
     assert settings is not None
@@ -65,8 +64,7 @@ async def collect(state: "ServingState", conn: ClientConnection, head: RequestHe
     except ReportRefused as refused:
         return _refuse(state, conn, head, refused.status, refused.reason, body_read=True)
     for report in reports:
-        state.metrics.reports.labels(*report.metric_labels()).inc()
-        state.log.info("report", **report._asdict())
+        events.report(state.log, state.metrics, report._asdict(), report.metric_labels())
     return _respond(conn, head, 204, "", body_read=True, extra=_CORS_ANSWER)
 
 
@@ -90,10 +88,9 @@ def _header(head: RequestHead, name: str) -> str | None:
     return None
 
 
-def _refuse(state: "ServingState", conn: ClientConnection, head: RequestHead, status: int, reason: str,
+def _refuse(state: ServingState, conn: ClientConnection, head: RequestHead, status: int, reason: str,
             body_read: bool, extra: tuple[tuple[str, str], ...] = ()) -> bool:
-    state.log.info("report_rejected", status=status, reason=reason.split(":", 1)[0], method=head.method,
-                   peer=conn.peer_ip)
+    events.report_rejected(state.log, status, reason.split(":", 1)[0], head.method, conn.peer_ip)
     return _respond(conn, head, status, reason, body_read, extra + _CORS_ANSWER)
 
 

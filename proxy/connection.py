@@ -7,14 +7,11 @@ request in flight the moment the client goes away.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Protocol
 
 from proxy.aio import expire
 from proxy.http1 import BadRequest, ChunkedDecoder, RequestHead, head_end, parse_head
 from proxy.model import Limits
-
-if TYPE_CHECKING:
-    from proxy.server import ProxyServer
 
 READ_HIGH_WATER = 256 * 1024  # pause reading the socket beyond this many buffered bytes
 READ_CHUNK = 256 * 1024  # largest body piece handed on at once
@@ -24,9 +21,35 @@ class ClientGone(Exception):
     """The client closed or reset the connection."""
 
 
+class ConnectionHandler(Protocol):
+    """What a client connection needs from the server that accepted it (`ProxyServer` is one;
+    the tests use a fake). The connection reads; the handler decides and answers."""
+
+    @property
+    def stopping(self) -> bool:
+        """No further request is read once this is true (SIGTERM)."""
+        ...
+
+    def limits(self) -> Limits:
+        """The limits of the config serving now (a reload may change them between requests)."""
+        ...
+
+    def opened(self, conn: "ClientConnection") -> None: ...
+
+    def closed(self, conn: "ClientConnection") -> None: ...
+
+    async def handle(self, conn: "ClientConnection", head: RequestHead) -> bool:
+        """Serve one request; True when the connection may carry another."""
+        ...
+
+    def refuse(self, conn: "ClientConnection", refused: BadRequest) -> None:
+        """Answer (and log) a request refused before routing; the connection then closes."""
+        ...
+
+
 class ClientConnection(asyncio.Protocol):
-    def __init__(self, server: "ProxyServer", tls: bool):
-        self.server = server
+    def __init__(self, handler: ConnectionHandler, tls: bool):
+        self.handler = handler
         self.scheme = "https" if tls else "http"
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
@@ -49,7 +72,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) else ""
-        self.server.connections.add(self)
+        self.handler.opened(self)
         self._task = asyncio.get_running_loop().create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
@@ -70,7 +93,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self.server.connections.discard(self)
+        self.handler.closed(self)
         self._wake_reader()
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(ClientGone())
@@ -208,22 +231,20 @@ class ClientConnection(asyncio.Protocol):
     async def _serve(self) -> None:
         first = True
         try:
-            while not self.server.stopping:
-                state = self.server.state
+            while not self.handler.stopping:
                 try:
-                    head = await self.read_head(state.config.limits, first)
+                    head = await self.read_head(self.handler.limits(), first)
                 except BadRequest as refused:
-                    self.server.refuse(self, refused)
+                    self.handler.refuse(self, refused)
                     break
                 if head is None:
                     break
                 first = False
                 self.busy = True
                 try:
-                    keep_alive = await self.server.handle(self, head)
+                    keep_alive = await self.handler.handle(self, head)
                 finally:
                     self.busy = False
-                    self.server.request_done()
                 if not keep_alive or not self.body_complete:
                     break
         except (ClientGone, asyncio.CancelledError):

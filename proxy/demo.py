@@ -31,7 +31,7 @@ from proxy.config import load_config
 from proxy.errors import ConfigError
 from proxy.listeners import bind_listeners
 from proxy.model import Endpoint
-from proxy.server import install_event_loop, serve
+from proxy.process import install_event_loop, serve
 
 SITE = importlib.resources.files("proxy").joinpath("demo_site")
 KEPT = 200  # decisions, reports and isolation results the page can still read

@@ -170,7 +170,7 @@ def banner(address: str, options: DevOptions) -> str:
 
 
 def run_dev(options: DevOptions, print_config: bool) -> int:
-    from proxy.server import run
+    from proxy.process import run
 
     try:
         text, config = load(options)

@@ -1,40 +1,31 @@
-"""One request/response exchange: route, decide, then answer or forward, and log the decision.
+"""One request/response exchange: route, decide, plan, then answer, forward or tunnel; one log line.
 
 Every response, whether the proxy makes it or the upstream does, gets its policy headers from
-`proxy.policy` — the same code `coxp explain` runs.
+`proxy.policy`, and how a request is answered is `proxy.plan`'s decision: the same code
+`coxp explain` runs.
 """
 from __future__ import annotations
 
-import asyncio
-import time
-from dataclasses import dataclass
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import AsyncIterator
 
+from proxy import events
 from proxy.buffering import read_ahead
 from proxy.collector import collect
 from proxy.connection import ClientConnection, ClientGone
-from proxy.forwarding import (
-    UpstreamAborted,
-    UpstreamFailure,
-    first_value,
-    is_trusted,
-    upstream_headers,
-)
-from proxy.http1 import BadRequest, RequestHead, no_body_status, serialize_head
+from proxy.events import RequestRecord
+from proxy.forwarding import UPGRADE_TO_WEBSOCKET, first_value, is_trusted, response_headers, upstream_headers
+from proxy.http1 import LAST_CHUNK, BadRequest, RequestHead, chunk, no_body_status, serialize_head
 from proxy.memo import MAX_KEY_CHARS, LruCache
-from proxy.model import Header, Route
+from proxy.model import Route, Upstream
 from proxy.plan import Answer, Tunnel, answer_response, plan
-from proxy.policy import Decision, EditResult, apply_edits, decide, request_info, routing_method
+from proxy.policy import Decision, apply_edits, decide, request_info, routing_method
 from proxy.shadow import shadow_decision
-from proxy.tunnel import open_tunnel
-
-if TYPE_CHECKING:
-    from proxy.server import ServingState
+from proxy.state import ServingState
+from proxy.tunnel import tunnel
+from proxy.upstream import UpstreamFailure
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-# Logged for a request whose client went away before its response was complete (nginx's code).
-CLIENT_CLOSED_REQUEST = 499
+OVERLOADED = Answer(503, "overloaded: too many requests in flight", (("Retry-After", "1"),), closes=True)
 # A proxy-made answer (a synthesized preflight, an `enforce` 403...) is the same bytes every time
 # for one decision, and `decide` hands out the same Decision object for a repeated request: the
 # serialized answer is remembered by the decision's identity. Each entry holds its decision, so
@@ -43,26 +34,8 @@ CLIENT_CLOSED_REQUEST = 499
 _ANSWERS: LruCache[tuple[Decision, bytes, tuple[str, ...], tuple[str, ...]]] = LruCache(1024)
 
 
-@dataclass(slots=True)
-class Outcome:
-    """What the decision log records about a finished exchange."""
-
-    status: int
-    upstream_status: int | None
-    headers_set: list[str]
-    headers_removed: list[str]
-    response_headers: Sequence[Header] = ()  # the upstream's head as edited (the console log's cookie check)
-
-    def record(self, upstream_status: int, edited: EditResult) -> None:
-        """The upstream answered `upstream_status`, its head edited as `edited`."""
-        self.upstream_status = upstream_status
-        self.headers_set, self.headers_removed = edited.set_names, edited.removed_names
-        self.response_headers = edited.headers
-
-
-async def exchange(state: "ServingState", conn: ClientConnection, head: RequestHead) -> bool:
+async def exchange(state: ServingState, conn: ClientConnection, head: RequestHead) -> bool:
     """Serve one request; True when the connection may carry another."""
-    started = time.perf_counter()
     config = state.config
     if config.reports is not None and head.path == config.reports.path:
         return await collect(state, conn, head)
@@ -82,21 +55,16 @@ async def exchange(state: "ServingState", conn: ClientConnection, head: RequestH
         return False
     decision = decide(route, info, websocket=head.websocket)
     shadow = shadow_decision(route, info, websocket=head.websocket)  # for the log only
-    # What the upstream answered, as soon as it did: a client that leaves before the response is
-    # complete is logged 499, with the upstream's status and the edits made to its head.
-    answered = Outcome(CLIENT_CLOSED_REQUEST, None, [], [])
+    record = RequestRecord(head, info, decision, shadow)
     try:
-        outcome, keep_alive = await _respond(state, conn, head, route, decision, scheme, own_origin, trusted, answered)
-    except (ClientGone, asyncio.CancelledError):
-        # Still exactly one log line for the request.
-        state.log_request(head, info, decision, shadow, answered, started)
-        raise
-    state.log_request(head, info, decision, shadow, outcome, started)
-    return keep_alive
+        return await _respond(state, conn, head, route, decision, scheme, own_origin, trusted, record)
+    finally:
+        # Exactly one log line per request, also when the client went away (499).
+        events.request(state.log, state.metrics, record, state.console)
 
 
 async def _respond(
-    state: "ServingState",
+    state: ServingState,
     conn: ClientConnection,
     head: RequestHead,
     route: Route,
@@ -104,44 +72,24 @@ async def _respond(
     scheme: str,
     own_origin: str,
     trusted: bool,
-    answered: Outcome,
-) -> tuple[Outcome, bool]:
-    """Answer from the proxy or forward: the outcome, and whether the connection may stay open."""
-    config = state.config
+    record: RequestRecord,
+) -> bool:
+    """Answer from the proxy, tunnel or forward; whether the connection may stay open."""
     keep_alive = head.keep_alive and not state.stopping()
-    # A proxy-made answer leaves the request body unread, and unread bytes would be parsed
-    # as the next request: such a connection ends with the answer.
-    reusable = keep_alive and not head.has_body
-
     if not state.admit():
-        return answer(conn, decision, 503, "overloaded: too many requests in flight", False, (("Retry-After", "1"),)), False
-    action = plan(config, route, decision, head)
+        return send_answer(conn, decision, OVERLOADED, False, record)
+    action = plan(state.config, route, decision, head)
     if type(action) is Answer:
-        reusable = reusable and not action.closes
-        return send_answer(conn, decision, action, reusable), reusable
-    upstream = action.upstream
+        # A proxy-made answer leaves the request body unread, and unread bytes would be parsed
+        # as the next request: such a connection ends with the answer.
+        return send_answer(conn, decision, action, keep_alive and not head.has_body and not action.closes, record)
     if type(action) is Tunnel:
-        try:
-            status, edited = await open_tunnel(state, conn, head, upstream, decision, scheme, own_origin, answered.record)
-        except UpstreamFailure as failure:
-            return upstream_failed(state, conn, head, upstream, decision, failure), False
-        return Outcome(status, status, edited.set_names, edited.removed_names), False
-    return await forward(state, conn, head, upstream, decision, scheme, own_origin, trusted, keep_alive, answered)
+        return await _tunnel(state, conn, head, action.upstream, decision, scheme, own_origin, trusted, record)
+    return await forward(state, conn, head, action.upstream, decision, scheme, own_origin, trusted, keep_alive, record)
 
 
-def answer(
-    conn: ClientConnection,
-    decision: Decision,
-    status: int,
-    text: str,
-    keep_alive: bool,
-    extra: tuple[tuple[str, str], ...] = (),
-) -> Outcome:
-    """Send a response the proxy makes itself; the route's policy headers apply to it too."""
-    return send_answer(conn, decision, Answer(status, text, extra), keep_alive)
-
-
-def send_answer(conn: ClientConnection, decision: Decision, action: Answer, keep_alive: bool) -> Outcome:
+def send_answer(conn: ClientConnection, decision: Decision, action: Answer, keep_alive: bool, record: RequestRecord) -> bool:
+    """Send a response the proxy makes itself (the route's policy headers apply to it too)."""
     key = (id(decision), action, keep_alive)
     cached = _ANSWERS.get(key)
     if cached is not None and cached[0] is decision:
@@ -156,31 +104,48 @@ def send_answer(conn: ClientConnection, decision: Decision, action: Answer, keep
         if len(decision.origin or "") <= MAX_KEY_CHARS:
             _ANSWERS.put(key, (decision, response, set_names, removed_names))
     conn.write(response)
-    return Outcome(action.status, None, list(set_names), list(removed_names))
+    record.answered(action.status, list(set_names), list(removed_names))
+    return keep_alive
 
 
 def upstream_failed(
-    state: "ServingState", conn: ClientConnection, head: RequestHead, upstream, decision: Decision, failure: UpstreamFailure
-) -> Outcome:
+    state: ServingState, conn: ClientConnection, head: RequestHead, upstream: Upstream, decision: Decision,
+    failure: UpstreamFailure, record: RequestRecord,
+) -> bool:
     """The upstream gave no response: log why, and answer 502/504 naming the reason."""
-    state.log.warning("upstream_error", upstream=upstream.url, reason=failure.reason, detail=failure.detail,
-                      method=head.method, path=head.path)
-    state.metrics.upstream_errors.labels(decision.route, failure.reason).inc()
-    return answer(conn, decision, failure.status, f"{failure.status} {failure.reason}", False)
+    events.upstream_error(state.log, state.metrics, decision.route, upstream.url, failure.reason, failure.detail,
+                          head.method, head.path)
+    return send_answer(conn, decision, Answer(failure.status, f"{failure.status} {failure.reason}"), False, record)
+
+
+async def _tunnel(
+    state: ServingState, conn: ClientConnection, head: RequestHead, upstream: Upstream, decision: Decision,
+    scheme: str, own_origin: str, trusted: bool, record: RequestRecord,
+) -> bool:
+    headers = upstream_headers(head, state.config.proxy, upstream, conn.peer_ip, scheme, trusted)
+    try:
+        handshake = await state.client.open_websocket(upstream.key, head.target, [*headers, *UPGRADE_TO_WEBSOCKET])
+    except UpstreamFailure as failure:
+        return upstream_failed(state, conn, head, upstream, decision, failure, record)
+    try:
+        await tunnel(conn, handshake, decision.edits, own_origin, record)
+    finally:
+        handshake.close()
+    return False
 
 
 async def forward(
-    state: "ServingState",
+    state: ServingState,
     conn: ClientConnection,
     head: RequestHead,
-    upstream,
+    upstream: Upstream,
     decision: Decision,
     scheme: str,
     own_origin: str,
     trusted: bool,
     keep_alive: bool,
-    answered: Outcome,
-) -> tuple[Outcome, bool]:
+    record: RequestRecord,
+) -> bool:
     config = state.config
     headers = upstream_headers(head, config.proxy, upstream, conn.peer_ip, scheme, trusted)
     refused: list[BadRequest] = []
@@ -191,25 +156,23 @@ async def forward(
             try:
                 body = await read_ahead(body, config.limits.request_buffer)
             except BadRequest as bad:
-                return answer(conn, decision, bad.status, bad.reason, False), False
+                return send_answer(conn, decision, Answer(bad.status, bad.reason), False, record)
             if isinstance(body, bytes) and head.content_length is None:
                 headers.append(("Content-Length", str(len(body))))  # the chunked body, whole
     try:
-        response = await state.client.send(upstream, head.method, head.target, headers, body)
-    except (UpstreamFailure, ClientGone, OSError) as failure:
+        response = await state.client.send(upstream.key, head.method, head.target, headers, body)
+    except (UpstreamFailure, ClientGone) as failure:
         if refused:
-            return answer(conn, decision, refused[0].status, refused[0].reason, False), False
+            return send_answer(conn, decision, Answer(refused[0].status, refused[0].reason), False, record)
         if isinstance(failure, ClientGone):
             raise
-        if not isinstance(failure, UpstreamFailure):
-            failure = UpstreamFailure(502, "upstream-error", str(failure))
-        return upstream_failed(state, conn, head, upstream, decision, failure), False
+        return upstream_failed(state, conn, head, upstream, decision, failure, record)
 
     try:
-        edited = apply_edits(decision.edits, response.headers, own_origin)
+        edited = apply_edits(decision.edits, response_headers(response.headers), own_origin)
         out = edited.headers
         status = response.status
-        answered.record(status, edited)
+        record.upstream_answered(status, edited)
         no_body = no_body_status(status, head.method)
         # Most responses are whole by the time their head is here: one write, with a length.
         whole = None if no_body else response.buffered_body()
@@ -234,7 +197,6 @@ async def forward(
             out.append(("Connection", "close"))
         elif head.http_minor == 0:
             out.append(("Connection", "keep-alive"))
-        outcome = Outcome(status, status, edited.set_names, edited.removed_names, edited.headers)
         if whole is not None:
             conn.write(serialize_head(status, out) + whole)
         else:
@@ -242,14 +204,15 @@ async def forward(
         if not no_body and whole is None:
             try:
                 await _relay_body(conn, response.chunks(), chunked)
-            except UpstreamAborted as broken:
-                state.log.warning("upstream_error", upstream=upstream.url, reason="upstream-response-aborted",
-                                  detail=str(broken), method=head.method, path=head.path)
-                state.metrics.upstream_errors.labels(decision.route, "upstream-response-aborted").inc()
+            except UpstreamFailure as broken:
+                events.upstream_error(state.log, state.metrics, decision.route, upstream.url,
+                                      "upstream-response-aborted", str(broken), head.method, head.path)
                 conn.abort()
-                return outcome, False
+                record.status = status
+                return False
         response.release()
-        return outcome, keep_alive
+        record.status = status
+        return keep_alive
     finally:
         response.close()
 
@@ -258,10 +221,10 @@ async def _relay_body(conn: ClientConnection, chunks: AsyncIterator[bytes], chun
     async for data in chunks:
         if not data:
             continue
-        conn.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+        conn.write(chunk(data) if chunked else data)
         await conn.drain()
     if chunked:
-        conn.write(b"0\r\n\r\n")
+        conn.write(LAST_CHUNK)
 
 
 async def _guarded_body(

@@ -1,23 +1,14 @@
-"""Talking to the upstream: request headers as a proxy must send them, failures named for the log.
+"""Header transforms of a proxy, pure: what goes upstream, what comes back to the client.
 
-The bytes go through `proxy.upstream`'s pooled HTTP/1.1 client, which sends the target byte for
-byte and the body as it arrives, and never decodes or re-encodes content.
+`proxy.upstream` sends what these return (the target byte for byte, the body as it arrives,
+content never decoded or re-encoded).
 """
 from __future__ import annotations
 
 import ipaddress
-import ssl
-from typing import AsyncIterator
 
 from proxy.http1 import HOP_BY_HOP, RequestHead
 from proxy.model import ProxySettings, Upstream
-from proxy.upstream import (
-    MAX_RESPONSE_HEAD,
-    Http1Client,
-    PooledResponse,
-    UpstreamConnectError,
-    UpstreamProtocolError,
-)
 
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "expect"}
 _FORWARDED_FOR = "x-forwarded-for"
@@ -31,20 +22,9 @@ _FROM_PROXIES_ONLY = frozenset(
     {"forwarded", "x-real-ip", "x-forwarded-port", "x-forwarded-prefix", "x-original-url", "x-rewrite-url"}
 )
 _UNTRUSTED_DROPPED = _X_FORWARDED | _FROM_PROXIES_ONLY
-
-
-class UpstreamFailure(Exception):
-    """The upstream could not give a response: `status` is 502 or 504, `reason` a short code."""
-
-    def __init__(self, status: int, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.status = status
-        self.reason = reason
-        self.detail = detail
-
-
-class UpstreamAborted(Exception):
-    """The upstream response broke off after it started (truncated body or read timeout)."""
+# RFC 6455 §4.1: the handshake's upgrade, sent upstream and on the 101 to the client. coxp
+# names the protocol itself; the client's request was checked to ask for exactly this.
+UPGRADE_TO_WEBSOCKET = (("Connection", "Upgrade"), ("Upgrade", "websocket"))
 
 
 def is_trusted(peer_ip: str, trusted: tuple) -> bool:
@@ -104,76 +84,6 @@ def upstream_headers(
     if head.content_length is not None:
         out.append(("Content-Length", str(head.content_length)))
     return out
-
-
-def upstream_ssl_context(settings: ProxySettings) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=settings.upstream_ca)
-    if not settings.upstream_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-class UpstreamResponse:
-    """The upstream's response head, hop-by-hop headers removed, with its body still to read.
-
-    The reason phrase is not kept: coxp sends the standard one (RFC 9112 §4: clients ignore it)."""
-
-    __slots__ = ("status", "headers", "content_length", "_pooled")
-
-    def __init__(self, pooled: PooledResponse):
-        self.status = pooled.status
-        self.headers = response_headers(pooled.headers)
-        self.content_length = pooled.content_length
-        self._pooled = pooled
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for data in self._pooled.chunks():
-                yield data
-        except (UpstreamProtocolError, TimeoutError) as broken:
-            raise UpstreamAborted(str(broken) or "upstream-read-timeout") from broken
-
-    def buffered_body(self) -> bytes | None:
-        """The whole body when it has already arrived, else None (then stream `chunks()`)."""
-        return self._pooled.buffered_body()
-
-    def release(self) -> None:
-        self._pooled.release()
-
-    def close(self) -> None:
-        self._pooled.close()
-
-
-class UpstreamClient:
-    """One pooled client per worker; rebuilt when a reload changes the upstream settings."""
-
-    def __init__(self, settings: ProxySettings):
-        self.settings = settings
-        self._http = Http1Client(upstream_ssl_context(settings), settings.connect_timeout, settings.read_timeout)
-
-    async def send(
-        self,
-        upstream: Upstream,
-        method: str,
-        target: str,
-        headers: list[tuple[str, str]],
-        body: bytes | AsyncIterator[bytes] | None,
-    ) -> UpstreamResponse:
-        try:
-            pooled = await self._http.send(upstream.key, method, target, headers, body)
-        except UpstreamConnectError as failure:
-            raise UpstreamFailure(failure.status, failure.reason, failure.detail) from failure
-        except UpstreamProtocolError as failure:
-            raise UpstreamFailure(502, failure.reason, failure.detail) from failure
-        except TimeoutError as failure:
-            raise UpstreamFailure(
-                504, "upstream-response-timeout", f"no response head within {self.settings.read_timeout} s"
-            ) from failure
-        return UpstreamResponse(pooled)
-
-    async def close(self) -> None:
-        self._http.close()
 
 
 def response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -389,7 +389,23 @@ def serialize_fields(headers: list[tuple[str, str]]) -> bytes:
 
 
 def serialize_head(status: int, headers: list[tuple[str, str]]) -> bytes:
+    """A response head: status line, header lines, blank line."""
     return status_line(status) + serialize_fields(headers)
+
+
+def serialize_request_head(method: str, target: str, headers: list[tuple[str, str]]) -> bytes:
+    """A request head (to the upstream): request line, header lines, blank line."""
+    return f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + serialize_fields(headers)
+
+
+# RFC 9112 §7.1: chunked framing, the same in both directions (request bodies to the upstream,
+# response bodies to the client). Chunk extensions and trailers are never written.
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body; `data` must not be empty (an empty chunk ends the body)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 def no_body_status(status: int, method: str) -> bool:

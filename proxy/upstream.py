@@ -1,9 +1,15 @@
-"""A lean HTTP/1.1 client for the upstream: keep-alive pool on asyncio protocols, llhttp parser.
+"""Everything coxp says to an upstream, and the one place its failures become 502 or 504.
 
-It does only what a reverse proxy needs — send a head and a streamed body, hand back the
-response head and a stream of body pieces — with none of a general client's per-request work
-(URL objects, cookie jars, auto headers, redirects). Measured against aiohttp's client in
-bench/NOTES.md.
+A lean HTTP/1.1 client: keep-alive pool on asyncio protocols, llhttp parser. It does only what
+a reverse proxy needs -- send a head and a streamed body, hand back the response head and a
+stream of body pieces, open a WebSocket handshake -- with none of a general client's
+per-request work (URL objects, cookie jars, auto headers, redirects). Measured against aiohttp's
+client in bench/NOTES.md. Header transforms (what is sent, what is relayed) are pure functions
+in `proxy.forwarding`; the bytes on the wire are written by `proxy.http1`.
+
+Whatever goes wrong leaves this module as an `UpstreamFailure`: the status coxp answers with
+when no response has started (502 or 504, README "Forwarding behaviour") and a reason code for
+the log.
 """
 from __future__ import annotations
 
@@ -19,8 +25,11 @@ from typing import AsyncIterator
 import httptools
 
 from proxy.aio import expire
+from proxy.http1 import LAST_CHUNK, chunk, list_elements, serialize_request_head
+from proxy.model import ProxySettings
 from proxy.standards import TOKEN
 
+CLOSED_WITHOUT_RESPONSE = "upstream-closed-without-response"
 MAX_RESPONSE_HEAD = 64 * 1024  # a larger upstream response head is refused (502)
 HIGH_WATER = 64 * 1024  # pause reading the upstream beyond this many unread body bytes (per connection)
 MAX_IDLE_PER_ORIGIN = 512
@@ -52,18 +61,24 @@ def _final_head_end(data: bytes | bytearray) -> int:
     return -1
 
 
-class UpstreamConnectError(Exception):
+class UpstreamFailure(Exception):
+    """The upstream gave no usable response: `status` (502 or 504) is what the client is answered
+    when nothing was sent yet, `reason` the code in the log and the answer's body."""
+
     def __init__(self, status: int, reason: str, detail: str = ""):
-        super().__init__(detail or reason)
-        self.status, self.reason, self.detail = status, reason, detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.status = status
+        self.reason = reason
+        self.detail = detail
 
 
-class UpstreamProtocolError(Exception):
-    """The upstream broke HTTP/1.1 (malformed or oversized head) or closed too early."""
+def invalid(reason: str, detail: str) -> UpstreamFailure:
+    """The upstream broke HTTP/1.1 (malformed or oversized head, closed too early): 502."""
+    return UpstreamFailure(502, reason, detail)
 
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
+
+def response_timeout(read_timeout: float) -> UpstreamFailure:
+    return UpstreamFailure(504, "upstream-response-timeout", f"no response head within {read_timeout} s")
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -124,7 +139,7 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as error:
             seen = b"".join(self._head_pieces)
             if self.head_done or self._repaired or not _NAME_THEN_SPACE.search(seen):
-                self._fail(UpstreamProtocolError("upstream-invalid-response", str(error)))
+                self._fail(invalid("upstream-invalid-response", str(error)))
                 return
             self._repairing = bytearray(seen)
             self._parse_repaired()
@@ -132,7 +147,7 @@ class UpstreamConnection(asyncio.Protocol):
         # Bytes seen before the head is complete bound a head still arriving; the field sizes
         # bound one that arrived whole in a single read.
         if self.head_size > MAX_RESPONSE_HEAD or (not self.head_done and self.head_bytes > MAX_RESPONSE_HEAD):
-            self._fail(UpstreamProtocolError("upstream-head-too-large", f"response head over {MAX_RESPONSE_HEAD} bytes"))
+            self._fail(invalid("upstream-head-too-large", f"response head over {MAX_RESPONSE_HEAD} bytes"))
 
     def _parse_repaired(self) -> None:
         """Parse the collected head again, without whitespace before colons, once it is whole."""
@@ -140,13 +155,13 @@ class UpstreamConnection(asyncio.Protocol):
         end = _final_head_end(data)
         if end < 0:
             if len(data) > MAX_RESPONSE_HEAD:
-                self._fail(UpstreamProtocolError("upstream-head-too-large", f"response head over {MAX_RESPONSE_HEAD} bytes"))
+                self._fail(invalid("upstream-head-too-large", f"response head over {MAX_RESPONSE_HEAD} bytes"))
             return
         head = bytes(data[:end])
         repaired = repair_head(head)
         self._repairing = None
         if repaired == head:
-            self._fail(UpstreamProtocolError("upstream-invalid-response", "malformed response head"))
+            self._fail(invalid("upstream-invalid-response", "malformed response head"))
             return
         self._repaired = True  # the next exchange starts with a fresh parser
         self._parser = httptools.HttpResponseParser(self)
@@ -166,8 +181,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.complete = True  # RFC 9112 §6.3 item 8: the body ends when the connection does
             self._wake_body()
         elif not self.complete:
-            reason = "upstream-response-aborted" if self.head_done else "upstream-closed-without-response"
-            self._fail(UpstreamProtocolError(reason, str(exc) if exc else "the upstream closed the connection"))
+            reason = "upstream-response-aborted" if self.head_done else CLOSED_WITHOUT_RESPONSE
+            self._fail(invalid(reason, str(exc) if exc else "the upstream closed the connection"))
         self._wake_drain()
 
     # --- a response the upstream sent before it stopped reading the request body -------------
@@ -299,12 +314,15 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             if self.error is not None:
                 raise self.error
-            self._body_waiter = asyncio.get_running_loop().create_future()
+            waiter = self._body_waiter = asyncio.get_running_loop().create_future()
+            timer = asyncio.get_running_loop().call_later(read_timeout, expire, waiter)
             try:
-                async with asyncio.timeout(read_timeout):
-                    await self._body_waiter
+                await waiter
+            except TimeoutError:
+                raise UpstreamFailure(504, "upstream-read-timeout", f"no body bytes within {read_timeout} s") from None
             finally:
                 self._body_waiter = None
+                timer.cancel()
 
     def take_whole_body(self) -> bytes | None:
         if not self.complete or self.error is not None:
@@ -325,15 +343,15 @@ async def connecting(timeout: float) -> AsyncIterator[None]:
         async with asyncio.timeout(timeout):
             yield
     except TimeoutError as error:
-        raise UpstreamConnectError(504, "upstream-connect-timeout", f"no connection within {timeout} s") from error
+        raise UpstreamFailure(504, "upstream-connect-timeout", f"no connection within {timeout} s") from error
     except ssl.SSLCertVerificationError as error:
-        raise UpstreamConnectError(
+        raise UpstreamFailure(
             502, "upstream-tls-verification-failed", f"certificate verify failed: {error.verify_message}"
         ) from error
     except ssl.SSLError as error:
-        raise UpstreamConnectError(502, "upstream-tls-error", str(error)) from error
+        raise UpstreamFailure(502, "upstream-tls-error", str(error)) from error
     except OSError as error:
-        raise UpstreamConnectError(502, "upstream-unreachable", error.strerror or str(error)) from error
+        raise UpstreamFailure(502, "upstream-unreachable", error.strerror or str(error)) from error
 
 
 class ConnectionPool:
@@ -383,8 +401,11 @@ class ConnectionPool:
         self._idle.clear()
 
 
-class PooledResponse:
-    """A response head from the pool, with its body still to read."""
+class UpstreamResponse:
+    """A response head from the upstream, with its body still to read.
+
+    `headers` are as the upstream sent them (hop-by-hop ones included: `proxy.forwarding`
+    decides what is relayed). The reason phrase is not kept: coxp sends the standard one."""
 
     __slots__ = ("status", "headers", "content_length", "_conn", "_pool", "_read_timeout", "_writer", "_done")
 
@@ -401,9 +422,11 @@ class PooledResponse:
         self._done = False
 
     def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; UpstreamFailure when it breaks off or stalls `read_timeout`."""
         return self._conn.body(self._read_timeout)
 
     def buffered_body(self) -> bytes | None:
+        """The whole body when it has already arrived, else None (then stream `chunks()`)."""
         return self._conn.take_whole_body()
 
     def release(self) -> None:
@@ -436,12 +459,43 @@ def _content_length(headers: list[tuple[str, str]]) -> int | None:
     return None
 
 
-class Http1Client:
-    """Sends one request on a pooled connection and returns the response head."""
+class Handshake:
+    """The upstream's answer to a WebSocket handshake, on a connection of its own (never pooled):
+    after a `101`, `reader`/`writer` carry the WebSocket bytes; else the answer's body follows."""
 
-    def __init__(self, tls: ssl.SSLContext, connect_timeout: float, read_timeout: float) -> None:
+    __slots__ = ("status", "headers", "reader", "writer")
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.status, self.headers, self.reader, self.writer = status, headers, reader, writer
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def upstream_ssl_context(settings: ProxySettings) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=settings.upstream_ca)
+    if not settings.upstream_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class UpstreamClient:
+    """One per worker (rebuilt when a reload changes the upstream settings): sends requests on
+    pooled connections and opens WebSocket handshakes."""
+
+    def __init__(self, tls: ssl.SSLContext, connect_timeout: float, read_timeout: float,
+                 settings: ProxySettings | None = None) -> None:
+        self.settings = settings
         self.pool = ConnectionPool(tls, connect_timeout)
+        self.tls = tls
+        self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+
+    @classmethod
+    def for_settings(cls, settings: ProxySettings) -> "UpstreamClient":
+        return cls(upstream_ssl_context(settings), settings.connect_timeout, settings.read_timeout, settings)
 
     async def send(
         self,
@@ -450,24 +504,34 @@ class Http1Client:
         target: str,
         headers: list[tuple[str, str]],
         body: bytes | AsyncIterator[bytes] | None,
-    ) -> PooledResponse:
+    ) -> UpstreamResponse:
         """`body`: None, the whole body (sent with the head; `headers` hold its Content-Length),
         or a stream (sent chunked unless `headers` hold a Content-Length)."""
+        try:
+            return await self._send(key, method, target, headers, body)
+        except OSError as error:  # anything the exchanges below did not name
+            raise invalid("upstream-error", str(error)) from error
+
+    async def _send(
+        self,
+        key: tuple[str, str, int],
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes | AsyncIterator[bytes] | None,
+    ) -> UpstreamResponse:
         streamed = body is not None and not isinstance(body, bytes)
         chunked = streamed and not any(n.lower() == "content-length" for n, _ in headers)
-        fields = [*headers, ("Transfer-Encoding", "chunked")] if chunked else headers
-        head = (
-            f"{method} {target} HTTP/1.1\r\n" + "".join([f"{n}: {v}\r\n" for n, v in fields]) + "\r\n"
-        ).encode("latin-1")
+        head = serialize_request_head(method, target, [*headers, ("Transfer-Encoding", "chunked")] if chunked else headers)
         conn = self.pool.take_idle(key)
         if conn is not None:
             try:
                 return await self._exchange(conn, method, head, body, chunked)
-            except UpstreamProtocolError:
+            except UpstreamFailure as failure:
                 # A kept-alive connection the upstream closed as we reused it: nothing of the
                 # request can have been processed, so one retry on a new connection is safe
                 # (RFC 9112 §9.3.1) — unless a body was already streamed from the client.
-                if conn.received_any or streamed:
+                if failure.reason != CLOSED_WITHOUT_RESPONSE or conn.received_any or streamed:
                     raise
         conn = await self.pool.connect(key)
         return await self._exchange(conn, method, head, body, chunked)
@@ -475,7 +539,7 @@ class Http1Client:
     async def _exchange(
         self, conn: UpstreamConnection, method: str, head: bytes, body: bytes | AsyncIterator[bytes] | None,
         chunked: bool,
-    ) -> PooledResponse:
+    ) -> UpstreamResponse:
         head_received = conn.start(head_only=method == "HEAD")
         writer = None
         if body:
@@ -490,19 +554,77 @@ class Http1Client:
         timer = asyncio.get_running_loop().call_later(self.read_timeout, expire, head_received)
         try:
             await head_received
-        except BaseException:
+        except BaseException as error:
             conn.transport.abort()
             if writer is not None:
                 writer.cancel()
+            if isinstance(error, TimeoutError):
+                raise response_timeout(self.read_timeout) from None
             raise
         finally:
             timer.cancel()
         # A response that arrived is relayed even when the body could not be sent whole: the
         # upstream answered (RFC 9112 §9.5: a server may answer before it reads the body).
-        return PooledResponse(conn, self.pool, self.read_timeout, writer)
+        return UpstreamResponse(conn, self.pool, self.read_timeout, writer)
+
+    async def open_websocket(self, key: tuple[str, str, int], target: str, headers: list[tuple[str, str]]) -> Handshake:
+        """Send a WebSocket handshake (`headers` name the upgrade) on a new connection and read
+        the answer's head. A `101` that does not switch to `websocket` is a failure: a tunnel to
+        anything else would carry traffic no route has seen (RFC 9110 §7.8)."""
+        scheme, host, port = key
+        tls = self.tls if scheme == "https" else None
+        async with connecting(self.connect_timeout):
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=tls, server_hostname=host if tls else None, limit=MAX_RESPONSE_HEAD
+            )
+        try:
+            writer.write(serialize_request_head("GET", target, headers))
+            status, fields = await _handshake_head(reader, self.read_timeout)
+            if status == 101 and not _switches_to_websocket(fields):
+                raise invalid("upstream-invalid-response", "101 without Upgrade: websocket")
+        except BaseException:
+            writer.close()
+            raise
+        return Handshake(status, fields, reader, writer)
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _switches_to_websocket(headers: list[tuple[str, str]]) -> bool:
+    """The 101 names `websocket` and nothing else in its Upgrade field(s)."""
+    return [protocol for n, v in headers if n.lower() == "upgrade" for protocol in list_elements(v)] == ["websocket"]
+
+
+class _HeadFields:
+    """httptools callbacks that keep the header fields of a response head."""
+
+    def __init__(self) -> None:
+        self.fields: list[tuple[str, str]] = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name.decode("latin-1"), value.decode("latin-1")))
+
+
+async def _handshake_head(reader: asyncio.StreamReader, read_timeout: float) -> tuple[int, list[tuple[str, str]]]:
+    """The answer's head, parsed by llhttp (and repaired) as every other response head."""
+    try:
+        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), read_timeout)
+    except TimeoutError:
+        raise response_timeout(read_timeout) from None
+    except asyncio.LimitOverrunError:
+        raise invalid("upstream-head-too-large", f"response head over {MAX_RESPONSE_HEAD} bytes") from None
+    except (asyncio.IncompleteReadError, ConnectionError) as failure:
+        raise invalid(CLOSED_WITHOUT_RESPONSE, str(failure)) from None
+    head = _HeadFields()
+    parser = httptools.HttpResponseParser(head)
+    try:
+        parser.feed_data(repair_head(raw))
+    except httptools.HttpParserUpgrade:
+        pass  # a 101 ends the HTTP part of the connection
+    except httptools.HttpParserError as failure:
+        raise invalid("upstream-invalid-response", str(failure)) from None
+    return parser.get_status_code(), head.fields
 
 
 def _retrieve(task: asyncio.Future) -> None:
@@ -519,12 +641,12 @@ async def _send_body(conn: UpstreamConnection, body: AsyncIterator[bytes], chunk
                 return  # the upstream stopped reading: its response, if one came, is the answer
             if not piece:
                 continue
-            conn.transport.write(b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece)
+            conn.transport.write(chunk(piece) if chunked else piece)
             await conn.drain()
         if chunked:
-            conn.transport.write(b"0\r\n\r\n")
+            conn.transport.write(LAST_CHUNK)
     except BaseException as error:
         # The client's body broke off or was refused: the upstream must not take a partial
         # body for a whole one, so the exchange is abandoned.
-        conn._fail(UpstreamProtocolError("request-body-not-completed", repr(error)))
+        conn._fail(invalid("request-body-not-completed", repr(error)))
         raise

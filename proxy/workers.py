@@ -4,20 +4,33 @@ The parent serves nothing. It reserves the port (so `listen = "host:0"` gives ev
 one) and binds the admin listener's, relays SIGHUP/SIGTERM/SIGINT to the workers, and starts a new
 worker when one dies. Worker 0 serves the admin listener and, with `--watch`, watches the config
 file; a reload it starts (watch, `POST /reload`) reaches the others through the parent (SIGUSR1).
+Each worker runs the `serve_worker` it is given (`proxy.process` passes its own), so this module
+knows nothing of serving, and nothing it imports imports it back.
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
 import time
+from typing import Callable, NamedTuple
 
-from proxy import logs, metrics
+from proxy import events, logs, metrics
 from proxy.config import load_config
 from proxy.errors import ConfigError, ListenError
 from proxy.model import Config, Endpoint
-from proxy.server import serve
+
+
+class Worker(NamedTuple):
+    """What one worker serves with."""
+
+    sock: socket.socket  # listening, SO_REUSEPORT on the shared port
+    primary: bool  # worker 0: runs the admin listener and the config watch
+    admin_sock: socket.socket | None  # the admin listener's socket (primary only)
+    reload_peers: Callable[[], None] | None  # asks the parent to reload the others (primary only)
+
+
+ServeWorker = Callable[[Config, Worker], int]  # returns the worker's exit status
 
 RESPAWN_BACKOFF = 1.0  # seconds between restarts of a worker that keeps dying
 
@@ -63,8 +76,7 @@ def admin_socket(listen: Endpoint) -> socket.socket:
         raise ListenError(error, listen, "serve admin") from None
 
 
-def _worker(config: Config, config_path: str | None, overrides: dict | None, port: int, index: int,
-            admin: socket.socket | None, watch: bool) -> int:
+def _worker(config: Config, serve_worker: ServeWorker, port: int, index: int, admin: socket.socket | None) -> int:
     for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_DFL)
     sock = reuseport_socket(config.proxy.listen, port)
@@ -73,13 +85,12 @@ def _worker(config: Config, config_path: str | None, overrides: dict | None, por
     if index != 0:
         if admin is not None:
             admin.close()
-        return asyncio.run(serve(config, config_path, overrides, sock=sock, admin=False))
+        return serve_worker(config, Worker(sock, False, None, None))
     # Worker 0 runs the admin listener (its port cannot be shared) and the config watch.
-    return asyncio.run(serve(config, config_path, overrides, sock=sock, admin=True, admin_sock=admin, watch=watch,
-                             reload_peers=lambda: os.kill(parent, signal.SIGUSR1)))
+    return serve_worker(config, Worker(sock, True, admin, lambda: os.kill(parent, signal.SIGUSR1)))
 
 
-def run_workers(config: Config, config_path: str | None, overrides: dict | None, watch: bool = False) -> int:
+def run_workers(config: Config, config_path: str | None, overrides: dict | None, serve_worker: ServeWorker) -> int:
     log = logs.get_logger()
     reserved = reserve_port(config.proxy.listen)  # bound, never listening: holds the port
     admin = admin_socket(config.admin.listen) if config.admin is not None else None
@@ -94,7 +105,7 @@ def run_workers(config: Config, config_path: str | None, overrides: dict | None,
         if pid == 0:
             code = 1
             try:
-                code = _worker(config, config_path, overrides, port, index, admin, watch)
+                code = _worker(config, serve_worker, port, index, admin)
             finally:
                 os._exit(code)
         workers[pid] = index
@@ -142,7 +153,7 @@ def run_workers(config: Config, config_path: str | None, overrides: dict | None,
             metrics.worker_exited(shared_metrics, pid)
         if index is None or stopping:
             continue
-        log.error("worker_died", pid=pid, worker=index, exit_status=os.waitstatus_to_exitcode(status))
+        events.worker_died(log, pid, index, os.waitstatus_to_exitcode(status))
         time.sleep(RESPAWN_BACKOFF)
         if not stopping:
             spawn(index)

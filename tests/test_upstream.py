@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from harness import SEEN, Reader, StaticNginx, config_text, request_bytes
-from proxy.upstream import MAX_RESPONSE_HEAD, Http1Client, UpstreamProtocolError
+from proxy.upstream import MAX_RESPONSE_HEAD, UpstreamClient, UpstreamFailure
 
 HOST = [("Host", "upstream.test")]
 
@@ -30,7 +30,7 @@ def run(scenario):
                 writer.close()
 
         server = await asyncio.start_server(accept, "127.0.0.1", 0)
-        client = Http1Client(ssl.create_default_context(), connect_timeout=2, read_timeout=2)
+        client = UpstreamClient(ssl.create_default_context(), connect_timeout=2, read_timeout=2)
         try:
             async with asyncio.timeout(10):
                 await check(client, ("http", "127.0.0.1", server.sockets[0].getsockname()[1]), seen)
@@ -148,7 +148,7 @@ def test_a_response_head_over_64_kib_is_refused(lines):
         await asyncio.sleep(1)
 
     async def scenario(client, key, seen):
-        with pytest.raises(UpstreamProtocolError) as refused:
+        with pytest.raises(UpstreamFailure) as refused:
             await client.send(key, "GET", "/", HOST, None)
         assert refused.value.reason == "upstream-head-too-large"
 
@@ -248,7 +248,7 @@ def test_a_malformed_head_with_spaces_is_still_refused():
         await asyncio.sleep(1)
 
     async def scenario(client, key, seen):
-        with pytest.raises(UpstreamProtocolError) as refused:
+        with pytest.raises(UpstreamFailure) as refused:
             await client.send(key, "GET", "/", HOST, None)
         assert refused.value.reason == "upstream-invalid-response"
 
