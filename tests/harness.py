@@ -276,18 +276,24 @@ class RawUpstream:
 
 
 class StaticNginx:
-    """nginx (one worker, keep-alive) serving the files of `root` on a free loopback port."""
+    """nginx (one worker, keep-alive) serving the files of `root` on a free loopback port.
 
-    def __init__(self, root: Path, work: Path) -> None:
+    With `access_log`, every request line nginx received (as sent, `$request`) and its
+    X-Forwarded-For are written to `work/access.log`; `requests()` reads them back."""
+
+    def __init__(self, root: Path, work: Path, access_log: bool = False) -> None:
         self.port = free_port()
         work.mkdir(parents=True, exist_ok=True)
+        self.access_log = work / "access.log"
         # As root, nginx's worker would drop to `nobody`, who cannot read pytest's private tmp dirs.
         user = "user root root;" if os.geteuid() == 0 else ""
         conf = work / "nginx.conf"
+        logging = (f" log_format seen '$request\\t$http_x_forwarded_for';\n access_log {self.access_log} seen;\n"
+                   if access_log else " access_log off;\n")
         conf.write_text(
             f"{user}\nworker_processes 1;\npid {work}/nginx.pid;\nerror_log {work}/error.log warn;\n"
             "events { worker_connections 256; }\n"
-            "http {\n default_type application/octet-stream;\n access_log off;\n"
+            "http {\n default_type application/octet-stream;\n merge_slashes on;\n" + logging
             + "".join(f" {kind}_temp_path {work}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
             + f" server {{ listen 127.0.0.1:{self.port}; root {root}; location / {{ }} }}\n}}\n"
         )
@@ -309,6 +315,12 @@ class StaticNginx:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def requests(self) -> list[tuple[str, str]]:
+        """(request line, X-Forwarded-For or "-") of every request logged so far."""
+        if not self.access_log.exists():
+            return []
+        return [tuple(line.split("\t", 1)) for line in self.access_log.read_text().splitlines()]  # type: ignore[misc]
 
     def close(self) -> None:
         if self.process.poll() is None:
