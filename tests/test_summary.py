@@ -175,3 +175,32 @@ def test_rich_tables_on_a_terminal(log):
     text = output.decode("utf-8", "replace")
     assert "┃" in text or "│" in text  # rich's table borders
     assert "Suggested changes" in text and "routes[0].cors.allow_origins" in text  # not read as markup
+
+
+def test_the_staging_example_config_end_to_end(tmp_path, query_upstream):
+    """config/staging-hardening.toml as shipped (listen and upstream overridden): report-only
+    isolation reported to the built-in collector, the API's candidate CORS table shadowing the
+    live one, and `coxp report` naming what the candidate would break."""
+    shipped = REPO / "config" / "staging-hardening.toml"
+    proxy = start_coxp(tmp_path, shipped.read_text(), "--listen", "127.0.0.1:0", "--upstream", query_upstream.url,
+                       name="staging-hardening.toml")
+    page = proxy.request("GET", "/next/page")
+    assert page.value("cross-origin-embedder-policy-report-only") == 'require-corp; report-to="default"'
+    assert page.value("cross-origin-opener-policy-report-only") == 'same-origin; report-to="default"'
+    assert page.value("reporting-endpoints") == 'default="/.coxp/reports"'
+    legacy = "https://legacy.staging.example.test"
+    preflight = proxy.request("OPTIONS", "/api/orders", [("Origin", legacy), ("Access-Control-Request-Method", "DELETE")])
+    assert preflight.status == 204  # the live table still answers
+    assert (preflight.event["shadow_cors"], preflight.event["shadow_reason"]) == ("preflight-denied", "origin-not-allowed")
+    mark = proxy.mark()
+    assert http_request(proxy.port, "POST", "/.coxp/reports", [("Content-Type", "application/reports+json")],
+                        json.dumps([{**COEP_REPORT, "url": "https://app.staging.example.test/next/page"}]).encode(),
+                        host="app.staging.example.test").status == 204
+    proxy.wait_event("report", start=mark)
+    assert proxy.stop() == 0
+    log = tmp_path / "coxp.log"
+    log.write_text("\n".join(proxy.lines) + "\n")
+    data = json.loads(report("--json", "-c", str(shipped), str(log)).stdout)
+    keys = {(s["key"], s["change"]) for s in data["suggestions"]}
+    assert ("routes[1].cors.shadow.allow_origins", f'add "{legacy}", or accept that it breaks') in keys
+    assert any(key == "defaults.coep.policy" for key, _ in keys)

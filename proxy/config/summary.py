@@ -28,8 +28,12 @@ def _route_summary(route: Route, config: Config, effective: Mapping[str, Any]) -
         f"methods={','.join(sorted(route.methods)) if route.methods else 'any'}",
         f"upstream={upstream.url if upstream else 'none (404)'}",
     ]
-    if route.policies.cors is not None:
-        parts.append(f"cors={_cors_summary(route.policies.cors, effective.get('cors') or {})}")
+    cors = route.policies.cors
+    if cors is not None:
+        written = effective.get("cors") or {}
+        parts.append(f"cors={_cors_summary(cors, written)}")
+        if cors.shadow is not None:
+            parts.append(f"cors.shadow={_cors_summary(cors.shadow, written.get('shadow') or {})}")
     for policy in route.policies.header_policies:
         parts.append(f"{policy.table}={_header_policy_summary(policy)}")
     if route.policies.cookies is not None:
