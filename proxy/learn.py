@@ -10,8 +10,9 @@ everything else in the file — comments, other tables, the CORS table's other k
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import tomlkit
 from tomlkit.items import AoT, InlineTable, Table

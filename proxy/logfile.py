@@ -7,7 +7,8 @@ pasted, a line cut short by a full disk) is counted and skipped, never fatal.
 from __future__ import annotations
 
 import sys
-from typing import IO, Any, Iterator
+from collections.abc import Iterator
+from typing import IO, Any
 
 import orjson
 

@@ -11,8 +11,9 @@ Suggested changes name the config key to edit: with the config (`-c`) as a key p
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.model import Config, Route
@@ -244,14 +245,14 @@ def _suggestions(summary: Summary, namer: KeyNamer) -> list[dict[str, Any]]:
 
     for (kind, blocked), group in summary.reports.items():
         document = group.documents[0] if group.documents else None
-        route = namer.document_route(document)
+        page_route = namer.document_route(document)
         if kind == "coep" and blocked:
-            key = namer.key(route, "coep.policy") if route else "coep.policy (of the page's route)"
+            key = namer.key(page_route, "coep.policy") if page_route else "coep.policy (of the page's route)"
             suggest(key, 'set to "credentialless", or serve the resource with CORP cross-origin', group.count,
                     f"the resource {blocked} was blocked by COEP {_times(group.count)}: serve it with "
                     "`Cross-Origin-Resource-Policy: cross-origin` or use `credentialless`")
         elif kind == "coop":
-            key = namer.key(route, "coop.policy") if route else "coop.policy (of the page's route)"
+            key = namer.key(page_route, "coop.policy") if page_route else "coop.policy (of the page's route)"
             policy = ", ".join(group.effective_policies) or "its policy"
             where = f" on {document}" if document else ""
             suggest(key, 'consider "same-origin-allow-popups"', group.count,
@@ -262,7 +263,10 @@ def _suggestions(summary: Summary, namer: KeyNamer) -> list[dict[str, Any]]:
     return found
 
 
-def _shadow_suggestions(name: str, traffic: RouteTraffic, namer: KeyNamer, suggest) -> None:
+Suggest = Callable[[str, str, int, str], None]
+
+
+def _shadow_suggestions(name: str, traffic: RouteTraffic, namer: KeyNamer, suggest: Suggest) -> None:
     """A candidate that would deny what the live table allows is what breaks on enforcement."""
     breaks: Counter[tuple[str, str, str]] = Counter()
     for (origin, live, shadow, reason, detail), count in traffic.shadow.items():
@@ -295,7 +299,7 @@ def _times(count: int, noun: str = "time") -> str:
 class Section:
     title: str
     columns: tuple[str, ...]
-    rows: list[tuple[str, ...]]
+    rows: Sequence[tuple[str, ...]]
     empty: str
 
 
@@ -343,7 +347,7 @@ def render_text(result: dict[str, Any]) -> str:
         widths = [max(len(row[i]) for row in [section.columns, *section.rows]) for i in range(len(section.columns))]
         for row in [section.columns, *section.rows]:
             # The last column is free text: never padded, so lines carry no trailing spaces.
-            cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths)] + [row[-1]]
+            cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths[:-1], strict=True)] + [row[-1]]
             out.append("  ".join(cells).rstrip())
     return "\n".join(out) + "\n"
 

@@ -8,9 +8,9 @@ import socket
 import time
 
 import pytest
+from test_admin import samples
 
 from harness import Reader, http_request, request_bytes, unique
-from test_admin import samples
 
 UA = "Mozilla/5.0 (coxp-test) Chrome/130"
 COEP_REPORT = {

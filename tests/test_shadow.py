@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_admin import samples
 
 from harness import http_request, run_cli, start_coxp, unique
-from test_admin import samples
 
 A, B, C = "https://a.example.test", "https://b.example.test", "https://c.example.test"
 

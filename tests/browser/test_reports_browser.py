@@ -15,7 +15,8 @@ import time
 
 import pytest
 from conftest import chromium_args, coxp_command, coxp_env
-from e2e_helpers import APP, IMG_OTHER_SITE, IMG_JS, PW_TIMEOUT_MS
+
+from e2e_helpers import APP, IMG_JS, IMG_OTHER_SITE, PW_TIMEOUT_MS
 
 pytestmark = pytest.mark.browser
 
@@ -41,9 +42,8 @@ endpoints = { default = "/.coxp/reports" }
 @pytest.fixture
 def reporting_browser(tls):
     """A Chromium of its own: the session's browser has no short reporting delay."""
-    from playwright.sync_api import sync_playwright
-
     from conftest import CHROMIUM
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
