@@ -40,18 +40,17 @@ endpoints = { default = "/.coxp/reports" }
 
 
 @pytest.fixture
-def reporting_browser(tls):
-    """A Chromium of its own: the session's browser has no short reporting delay."""
+def reporting_browser(browser, tls):
+    """A Chromium of its own (the session's has no short reporting delay), launched through the
+    session's Playwright: one sync Playwright per thread."""
     from conftest import CHROMIUM
-    from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=[*chromium_args(tls), SHORT_REPORTING_DELAY], timeout=30_000)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    own = browser.browser_type.launch(executable_path=CHROMIUM, headless=True,
+                                      args=[*chromium_args(tls), SHORT_REPORTING_DELAY], timeout=30_000)
+    try:
+        yield own
+    finally:
+        own.close()
 
 
 def wait_for(predicate, timeout: float):
