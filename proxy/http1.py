@@ -257,7 +257,9 @@ def _parse_request_line(line: bytes) -> tuple[str, str, int]:
     match = _VERSION.fullmatch(version)
     if match is None:
         raise BadRequest(400, "malformed-http-version")
-    if match.group(1) != b"1":
+    if match.group(1) != b"1" or match.group(2) not in (b"0", b"1"):
+        # HTTP/1.2 to 1.9 do not exist; RFC 9112 §2.3 would have them read as 1.1, but parsers
+        # that refuse them (llhttp) exist, so coxp refuses too rather than guess.
         raise BadRequest(505, "http-version-not-supported")
     if not _TARGET.fullmatch(target) or b"#" in target:
         raise BadRequest(400, "malformed-request-target")

@@ -111,6 +111,8 @@ REFUSED = [
     (head("GET / HTTP/1.10", "Host: a"), 400, "malformed-http-version"),
     (head("GET / http/1.1", "Host: a"), 400, "malformed-http-version"),
     (head("GET / HTTP/2.0", "Host: a"), 505, "http-version-not-supported"),
+    (head("GET / HTTP/1.2", "Host: a"), 505, "http-version-not-supported"),
+    (head("GET / HTTP/1.9", "Host: a"), 505, "http-version-not-supported"),
     (head("GET / HTTP/1.1", "Host: a", "X: \rb"), 400, "bare-cr-or-lf"),
     (head("GET / HTTP/1.1", "Host: a", "A: 1", "B: 2", "C: 3", "D: 4"), 431, "too-many-headers"),
     # CONNECT in any form, before anything else is judged (even a missing Host).
