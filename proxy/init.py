@@ -7,6 +7,7 @@ config/*.toml, so a change to an example changes the preset.
 from __future__ import annotations
 
 import importlib.resources
+import os
 import sys
 
 PRESETS = ("local-dev", "legacy-api", "staging-hardening")
@@ -26,6 +27,9 @@ def run_init(preset: str, output: str | None, force: bool) -> int:
     if output is None:
         sys.stdout.write(text)
         return 0
+    if os.path.isdir(output):
+        print(f"coxp init: {output} is a directory; give the path of the file to write", file=sys.stderr)
+        return 1
     try:
         # "x" refuses an existing file atomically: nothing is overwritten without --force.
         with open(output, "w" if force else "x", encoding="utf-8") as file:

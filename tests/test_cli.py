@@ -426,6 +426,15 @@ def test_demo_port_0_picks_a_free_port_and_prints_it(tmp_path):
         assert any(f"coxp        http://localhost:{port}" in l for l in demo.lines)
         hello = http_request(port, "GET", "/api/hello", host=f"localhost:{port}")
         assert hello.status == 200
+        # The demo origin's own endpoints refuse bad input instead of failing.
+        origin_port = int(re.search(r"open\s+http://localhost:(\d+)/", "\n".join(demo.lines)).group(1))
+        assert http_request(origin_port, "GET", "/demo/log?since=x", host=f"localhost:{origin_port}").status == 400
+        for body, status in ((b"{not json", 400), (b"[" + b"0," * 40_000 + b"0]", 413)):
+            result = http_request(port, "POST", "/isolated/result", [("Content-Type", "application/json")],
+                                  body=body, host=f"localhost:{port}")
+            assert result.status == status
+        log = json.loads(http_request(origin_port, "GET", "/demo/log?since=0", host=f"localhost:{origin_port}").body)
+        assert log["isolation"] == []
     finally:
         assert demo.stop() == 0
 

@@ -216,3 +216,34 @@ def test_an_unknown_listen_host_is_a_one_line_error():
     result = run_cli("dev", "--upstream", "http://127.0.0.1:4000", "--listen", "no-such-host.invalid:0")
     assert result.returncode == 1
     assert "cannot listen on no-such-host.invalid" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--expose-header", "set-cookie"], '--expose-header: "set-cookie" can never be exposed'),
+    (["--upstream", "http://127.0.0.1:4000/api"], '--upstream: "http://127.0.0.1:4000/api" has a path'),
+], ids=["forbidden-exposed-header", "upstream-path"])
+def test_more_flag_mistakes_name_their_flag(flags, named):
+    result = run_cli("dev", "--upstream", "http://127.0.0.1:4000", *flags, "--print-config")
+    assert result.returncode == 2 and named in result.stderr, result.stderr
+
+
+def test_a_warning_about_a_flag_names_the_flag(dev, query_upstream):
+    proxy = dev("--upstream", query_upstream.url, "--allow-origin", "https://*.github.io")
+    assert 'warning: coxp dev: --allow-origin: "https://*.github.io"' in proxy.stderr
+    assert "routes[0]" not in proxy.stderr
+
+
+def test_a_fixed_port_taken_on_one_loopback_stack_is_a_clean_error():
+    """localhost:PORT binds ::1 and 127.0.0.1; when one of them is taken, nothing is half-bound."""
+    if "::1" not in loopback_addresses():
+        pytest.skip("no IPv6 loopback on this host")
+    with socket.socket(socket.AF_INET6) as busy:
+        busy.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        busy.bind(("::1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("dev", "--upstream", "http://127.0.0.1:4000", "--listen", f"localhost:{port}")
+        assert result.returncode == 1
+        assert f"[::1]:{port}" in result.stderr and "Traceback" not in result.stderr
+        with socket.socket() as probe:  # the IPv4 half was released again
+            probe.bind(("127.0.0.1", port))

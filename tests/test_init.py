@@ -70,3 +70,19 @@ def test_an_unwritable_output_is_a_one_line_error(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("coxp init: cannot write no/such/dir/coxp.toml: ")
     assert result.stderr.count("\n") == 1
+
+
+def test_a_directory_as_output_is_a_one_line_error(tmp_path):
+    (tmp_path / "conf").mkdir()
+    for flags in ([], ["--force"]):
+        result = run_cli("init", "-o", "conf", *flags, cwd=tmp_path)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr == "coxp init: conf is a directory; give the path of the file to write\n"
+
+
+def test_a_symlink_is_never_followed_without_force(tmp_path):
+    """Even a dangling link is an existing name: its target is not created or written."""
+    (tmp_path / "coxp.toml").symlink_to(tmp_path / "elsewhere.toml")
+    result = run_cli("init", "-o", "coxp.toml", cwd=tmp_path)
+    assert result.returncode == 1 and "exists" in result.stderr
+    assert not (tmp_path / "elsewhere.toml").exists()
