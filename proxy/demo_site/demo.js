@@ -214,8 +214,10 @@ const PANELS = [
     expect: "image loaded, reported",
     lesson: "Before enforcing COEP, send it as Cross-Origin-Embedder-Policy-Report-Only: the browser loads " +
       "everything but reports what would have been blocked. The frame embeds an image without CORP; the " +
-      "report reaches the page at once (ReportingObserver) and, within about a minute, coxp's report " +
-      "collector (Reporting-Endpoints: demo=\"/.coxp/reports\"), which logs it as a report event.",
+      "report reaches the page at once (ReportingObserver). Reporting-Endpoints: demo=\"/.coxp/reports\" " +
+      "also names coxp's report collector, which logs each report it receives as a report event; Chrome " +
+      "delivers there when the page is served over https (coxp's tls_cert/tls_key), so on this plain-http " +
+      "demo the collector's count stays 0.",
     request: `<iframe src="${S.proxy}/report-only/frame.html">\n  <img src="${HERE}/logo.png">`,
     paths: ["/report-only/frame.html"],
     tries: [["GET", "/report-only/frame.html"]],
