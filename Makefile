@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test test-browser bench sysdeps clean
+.PHONY: demo lint test test-browser bench sysdeps clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,12 @@ demo: $(INSTALLED)
 sysdeps:
 	@bash .ci/sysdeps
 
-test: $(INSTALLED) sysdeps
+# Lint and types first: they take seconds, the suite minutes.
+lint: $(INSTALLED)
+	$(BIN)/ruff check proxy tests bench
+	$(BIN)/mypy
+
+test: lint sysdeps
 	$(BIN)/python -m pytest -q
 
 test-browser: $(INSTALLED) sysdeps

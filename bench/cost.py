@@ -136,7 +136,7 @@ def cpu_ticks(pid: int) -> int:
 
 def cpu_per_request(port: int, pid: int, work: Path, workload: str, duration: int, connections: int) -> tuple:
     wl = {"method": "OPTIONS" if workload == "preflight" else "GET", "path": PATHS[workload],
-          "headers": dict([l.split(": ", 1) for l in request_bytes(workload, port).decode().split("\r\n")[2:] if l])}
+          "headers": dict([line.split(": ", 1) for line in request_bytes(workload, port).decode().split("\r\n")[2:] if line])}
     wrk = bench.Wrk(work, connections, 1)
     wrk.run(port, wl, 1)
     before = cpu_ticks(pid)

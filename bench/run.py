@@ -874,7 +874,7 @@ def targets_section(workloads, med, half, rss) -> list[str]:
 
 
 def render(args, targets, workloads, ports, results, med, half, rss, big, notes, verified) -> str:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     try:
         commit = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"],
                                 capture_output=True, text=True).stdout.strip()
@@ -902,7 +902,8 @@ def render(args, targets, workloads, ports, results, med, half, rss, big, notes,
     L.append(f"- load: `wrk -t 1 -c {args.connections} --latency` pinned to CPU 1; origin nginx and each proxy "
              f"pinned to CPU 0 (coxp-w2 unpinned); {args.warmup} s warm-up + {args.duration} s per run, "
              f"{args.rounds} interleaved rounds, medians")
-    L.append(f"- fairness check: {'all targets emit the same CORS/CORP/COOP/COEP/Vary headers' if verified else 'UNVERIFIED (headers differed)'}")
+    fairness = "all targets emit the same CORS/CORP/COOP/COEP/Vary headers" if verified else "UNVERIFIED (headers differed)"
+    L.append(f"- fairness check: {fairness}")
     for n in notes:
         L.append(f"- note: {n}")
     L += targets_section(workloads, med, half, rss)
@@ -953,7 +954,8 @@ def render(args, targets, workloads, ports, results, med, half, rss, big, notes,
         L.append("")
         L.append("PSS counts pages shared between forked workers once; summed RSS counts them per process.")
         L.append("")
-        L.append("| target | RSS before load | RSS peak during runs | peak during its 1 MiB runs | RSS after all runs | PSS before → after | 1 GiB body: RSS before → peak → after |")
+        L.append("| target | RSS before load | RSS peak during runs | peak during its 1 MiB runs | RSS after all runs "
+                 "| PSS before → after | 1 GiB body: RSS before → peak → after |")
         L.append("|---|---:|---:|---:|---:|---:|---|")
         for t, r in rss.items():
             b = big.get(t)

@@ -19,7 +19,7 @@ def _state(up: bool, up_text: str) -> web.Response:
     return web.Response(status=200 if up else 503, text=f"{up_text}\n" if up else "stopping\n")
 
 
-async def start_admin(server: "ProxyServer", listen: Endpoint, sock: socket.socket | None = None) -> web.AppRunner:
+async def start_admin(server: ProxyServer, listen: Endpoint, sock: socket.socket | None = None) -> web.AppRunner:
     """Serve the admin endpoints on `listen`, or on `sock` when the workers' parent bound it."""
 
     async def healthz(_: web.Request) -> web.Response:

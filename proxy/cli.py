@@ -4,11 +4,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from proxy import __version__
 from proxy.config import load_config, summarize
 from proxy.errors import ConfigError
 from proxy.init import DEFAULT_PRESET, PRESETS
+
+if TYPE_CHECKING:
+    from proxy.logfile import LogReader
 
 EXIT_CONFIG_ERROR = 2
 
@@ -42,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _serving("run", lambda: run(config, args.config, overrides, watch=args.watch))
 
 
-def _serving(command: str, start) -> int:
+def _serving(command: str, start: Callable[[], int]) -> int:
     """Run a serving command; a port that cannot be bound is a one-line error, not a traceback."""
     try:
         return start()
@@ -148,7 +153,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_skipped(command: str, reader) -> None:
+def _print_skipped(command: str, reader: LogReader) -> None:
     if reader.skipped:
         print(f"coxp {command}: {reader.skipped} of {reader.lines} lines skipped (not JSON objects)", file=sys.stderr)
 
@@ -266,4 +271,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    status: int = args.func(args)
+    return status

@@ -17,7 +17,6 @@ from proxy.http1 import BadRequest, RequestHead, serialize_head, text_body
 from proxy.reports import ReportRefused, check_media_type, media_type, parse_reports
 from proxy.state import ServingState
 
-
 ALLOW = "POST, OPTIONS"
 # Browsers deliver reports from any page, cross-origin included (Reporting API §3.3: the
 # upload is a CORS request, preflighted since its type is not CORS-safelisted), without

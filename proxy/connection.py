@@ -7,7 +7,8 @@ request in flight the moment the client goes away.
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Callable, Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol, cast
 
 from proxy.aio import expire
 from proxy.http1 import BadRequest, ChunkedDecoder, RequestHead, head_end, parse_head
@@ -34,24 +35,25 @@ class ConnectionHandler(Protocol):
         """The limits of the config serving now (a reload may change them between requests)."""
         ...
 
-    def opened(self, conn: "ClientConnection") -> None: ...
+    def opened(self, conn: ClientConnection) -> None: ...
 
-    def closed(self, conn: "ClientConnection") -> None: ...
+    def closed(self, conn: ClientConnection) -> None: ...
 
-    async def handle(self, conn: "ClientConnection", head: RequestHead) -> bool:
+    async def handle(self, conn: ClientConnection, head: RequestHead) -> bool:
         """Serve one request; True when the connection may carry another."""
         ...
 
-    def refuse(self, conn: "ClientConnection", refused: BadRequest) -> None:
+    def refuse(self, conn: ClientConnection, refused: BadRequest) -> None:
         """Answer (and log) a request refused before routing; the connection then closes."""
         ...
 
 
 class ClientConnection(asyncio.Protocol):
+    transport: asyncio.Transport  # set by connection_made, before anything else runs
+
     def __init__(self, handler: ConnectionHandler, tls: bool):
         self.handler = handler
         self.scheme = "https" if tls else "http"
-        self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
         self.buffer = bytearray()
         self.eof = False
@@ -69,7 +71,7 @@ class ClientConnection(asyncio.Protocol):
 
     # --- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) else ""
         self.handler.opened(self)

@@ -20,7 +20,7 @@ import struct
 import sys
 import zlib
 from collections import deque
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import structlog
@@ -96,7 +96,7 @@ def coxp_command() -> str:
 
 def demo_origin(settings: dict[str, str], log: DemoLog) -> web.Application:
     """The demo origin: the page (served directly) and the files and API coxp fronts."""
-    def static(name: str, content_type: str):
+    def static(name: str, content_type: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(_: web.Request) -> web.Response:
             return web.Response(text=SITE.joinpath(name).read_text(encoding="utf-8"), content_type=content_type)
         return handler

@@ -6,7 +6,7 @@ Every response, whether the proxy makes it or the upstream does, gets its policy
 """
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from proxy import events
 from proxy.buffering import read_ahead
@@ -79,11 +79,11 @@ async def _respond(
     if not state.admit():
         return send_answer(conn, decision, OVERLOADED, False, record)
     action = plan(state.config, route, decision, head)
-    if type(action) is Answer:
+    if isinstance(action, Answer):
         # A proxy-made answer leaves the request body unread, and unread bytes would be parsed
         # as the next request: such a connection ends with the answer.
         return send_answer(conn, decision, action, keep_alive and not head.has_body and not action.closes, record)
-    if type(action) is Tunnel:
+    if isinstance(action, Tunnel):
         return await _tunnel(state, conn, head, action.upstream, decision, scheme, own_origin, trusted, record)
     return await forward(state, conn, head, action.upstream, decision, scheme, own_origin, trusted, keep_alive, record)
 

@@ -143,7 +143,8 @@ def parse_head(head: bytes, limits: Limits, *, fast_path: bool = True) -> Reques
     else:
         method, target, minor = _parse_request_line(head[:request_line_end])
     fields_start, fields_end = request_line_end + 2, len(text) - 2
-    if fast_path and _FIELD_BLOCK.fullmatch(text, fields_start, fields_end) and not _BAD_BLOCK_CHAR.search(text, fields_start, fields_end):
+    if (fast_path and _FIELD_BLOCK.fullmatch(text, fields_start, fields_end)
+            and not _BAD_BLOCK_CHAR.search(text, fields_start, fields_end)):
         headers = _FIELD_LINE.findall(text, fields_start, fields_end)
     else:
         fields = head[fields_start : fields_end - 2]

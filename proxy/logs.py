@@ -16,7 +16,7 @@ import os
 import select
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -32,7 +32,7 @@ def render_json(_logger: object, method_name: str, event: dict) -> bytes:
     non-JSON value (an exception, a Path) from losing the whole line.
     """
     event["level"] = method_name
-    event["timestamp"] = datetime.now(timezone.utc)
+    event["timestamp"] = datetime.now(UTC)
     return orjson.dumps(event, default=str, option=orjson.OPT_UTC_Z)
 
 
@@ -43,14 +43,14 @@ def direct_json(base: type) -> type:
     rendering itself on the request path (bench/NOTES.md). Filtering, `bind` and the
     level methods are structlog's own."""
 
-    class DirectJsonLogger(base):  # type: ignore[misc, valid-type]
+    class DirectJsonLogger(base):
         def _proxy_to_logger(self, method_name: str, event: str | None = None, **event_kw: Any) -> None:
             if self._context:
                 event_kw = {**self._context, **event_kw}
             if event is not None:
                 event_kw["event"] = event
             event_kw["level"] = method_name
-            event_kw["timestamp"] = datetime.now(timezone.utc)
+            event_kw["timestamp"] = datetime.now(UTC)
             self._logger.msg(orjson.dumps(event_kw, default=str, option=orjson.OPT_UTC_Z))
 
     return DirectJsonLogger
@@ -153,4 +153,5 @@ def configure(log_format: str, level: str) -> None:
 
 def get_logger() -> structlog.typing.FilteringBoundLogger:
     """A logger bound now (after `configure`): no lazy-proxy lookup on each event."""
-    return structlog.get_logger().bind()
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger().bind()
+    return logger

@@ -8,7 +8,8 @@ long (a long key costs more to hash than recomputing the result saves, and would
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Generic, Hashable, TypeVar
+from collections.abc import Hashable
+from typing import Generic, TypeVar
 
 V = TypeVar("V")
 

@@ -6,8 +6,8 @@ compiled), so serving a request is lookups only. `proxy.config` builds these obj
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from proxy.memo import LruCache
@@ -178,19 +178,26 @@ DECISION_CACHE_SIZE = 512
 
 
 @dataclass(frozen=True, slots=True)
+class CompiledCors:
+    """The fixed parts of a CORS table's decisions (mode `set` or `default`)."""
+
+    policy: CorsPolicy
+    plain: tuple[PolicyEdit, ...]  # a response without an allowed Origin
+    star_actual: tuple[PolicyEdit, ...] | None  # origins "*": every actual response's edits
+    actual_tail: tuple[Header, ...]  # after ACAO on an allowed actual response
+    actual_template: PolicyEdit  # the CORS edit of an allowed actual response, headers to fill in
+    preflight_template: PolicyEdit  # the CORS edit of an allowed preflight
+    preflight_denied: tuple[PolicyEdit, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledPolicies:
     """The parts of a route's policy decisions that depend on the configuration only, built once
     by `proxy.policy.compile_policies` when the config is loaded."""
 
-    cors: CorsPolicy | None  # None: no CORS table, or mode remove/pass (the proxy does no CORS)
+    cors: CompiledCors | None  # None: no CORS table, or mode remove/pass (the proxy does no CORS)
     header_edits: tuple[PolicyEdit, ...]  # the header tables' edits
     off: tuple[PolicyEdit, ...]  # every edit when `cors` is None
-    plain: tuple[PolicyEdit, ...]  # a response without an allowed Origin
-    star_actual: tuple[PolicyEdit, ...] | None  # origins "*": every actual response's edits
-    actual_tail: tuple[Header, ...]  # after ACAO on an allowed actual response
-    cors_template: PolicyEdit | None  # the CORS edit of an actual response, headers to fill in
-    preflight_template: PolicyEdit | None  # the CORS edit of a preflight answer
-    preflight_denied: tuple[PolicyEdit, ...]
     # Not configuration: `proxy.policy.decide` remembers up to DECISION_CACHE_SIZE decisions
     # here. Built with the config, so a reload starts with an empty cache.
     decisions: LruCache[Any] = field(default_factory=lambda: LruCache(DECISION_CACHE_SIZE), compare=False, repr=False)

@@ -185,10 +185,7 @@ class CompiledOrigins(OriginMatcher):
                 domains = self.subdomains.get(key)
                 if domains is not None and _has_parent_in(host, domains):
                     return True
-        for rx in self.regexes:
-            if rx.fullmatch(normalized):
-                return True
-        return False
+        return any(rx.fullmatch(normalized) for rx in self.regexes)
 
     def __repr__(self) -> str:
         if self.allows_any:

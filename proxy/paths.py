@@ -55,9 +55,7 @@ def remove_dot_segments(path: str) -> str:
     while rest:
         if rest.startswith("../"):  # A
             rest = rest[3:]
-        elif rest.startswith("./"):
-            rest = rest[2:]
-        elif rest.startswith("/./"):  # B
+        elif rest.startswith("./") or rest.startswith("/./"):
             rest = rest[2:]
         elif rest == "/.":
             rest = "/"

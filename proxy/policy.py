@@ -19,11 +19,21 @@ values.
 """
 from __future__ import annotations
 
-from typing import Final, Literal, NamedTuple
+from typing import Final, NamedTuple
 
 from proxy.cookies import cookie_rewrite
 from proxy.memo import MAX_KEY_CHARS
-from proxy.model import CompiledPolicies, CorsPolicy, Header, HeaderPolicy, Policies, PolicyEdit, Route, Upstream
+from proxy.model import (
+    CompiledCors,
+    CompiledPolicies,
+    CorsPolicy,
+    Header,
+    HeaderPolicy,
+    Policies,
+    PolicyEdit,
+    Route,
+    Upstream,
+)
 from proxy.origins import normalize_origin
 from proxy.redirects import REWRITTEN_HEADERS, location_rewrite
 from proxy.standards import OWS, SAFELISTED_METHODS, TOKEN_RE
@@ -43,7 +53,6 @@ __all__ = [
     "routing_method",
 ]
 
-Kind = Literal["off", "not-cors", "same-origin", "preflight", "actual"]
 
 
 # The headers CORS owns on an actual response (CONTRACT §3), as an exact set plus a prefix.
@@ -110,7 +119,6 @@ class Decision(NamedTuple):
     """The outcome of `decide`, for the server, `explain` and the decision log."""
 
     route: str
-    kind: Kind
     cors: str  # log value: not-cors | same-origin | allowed | denied | preflight-allowed | preflight-denied | off
     reason: str | None
     origin: str | None  # the request's Origin as received (for the log)
@@ -169,8 +177,8 @@ def request_info(method: str, headers: list[Header], scheme: str, host: str | No
 
 def routing_method(info: RequestInfo) -> str:
     """The method a route's `methods` is matched against: for a preflight, the one requested."""
-    if info.looks_like_preflight:
-        return info.request_method  # type: ignore[return-value]
+    if info.method == "OPTIONS" and info.origin is not None and info.request_method is not None:
+        return info.request_method
     return info.method
 
 
@@ -199,11 +207,7 @@ def compile_policies(policies: Policies, redirects_from: Upstream | None = None)
         extra = () if cors is None else (
             PolicyEdit("cors", cors.mode, CORS_OWNED, CORS_PREFIX, frozenset({_ACAO})),
         )
-        return CompiledPolicies(
-            cors=None, header_edits=header_edits, off=extra + header_edits, plain=header_edits,
-            star_actual=None, actual_tail=(), cors_template=None, preflight_template=None,
-            preflight_denied=header_edits,
-        )
+        return CompiledPolicies(cors=None, header_edits=header_edits, off=extra + header_edits)
     star = cors.origins.allows_any
     tail: list[Header] = []
     if cors.allow_credentials:
@@ -212,21 +216,25 @@ def compile_policies(policies: Policies, redirects_from: Upstream | None = None)
         tail.append(("Access-Control-Expose-Headers", cors.expose_headers_value))
     actual_tail = tuple(tail)
     # "*" origins (credentials are then off): every response gets `*`, and varies not.
-    cors_template = PolicyEdit("cors", cors.mode, CORS_OWNED, CORS_PREFIX, frozenset({_ACAO}),
-                               (), () if star else VARY_ORIGIN)
+    actual_template = PolicyEdit("cors", cors.mode, CORS_OWNED, CORS_PREFIX, frozenset({_ACAO}),
+                                 (), () if star else VARY_ORIGIN)
     preflight_template = PolicyEdit("cors", cors.mode, frozenset(), PREFLIGHT_PREFIX, frozenset({_ACAO}),
                                     (), VARY_PREFLIGHT_ANY_ORIGIN if star else VARY_PREFLIGHT)
-    star_actual = _with_headers(cors_template, ((ACAO, "*"), *actual_tail), header_edits) if star else None
-    return CompiledPolicies(
-        cors=cors, header_edits=header_edits, off=header_edits,
-        plain=star_actual if star_actual is not None else _with_headers(cors_template, (), header_edits),
-        star_actual=star_actual, actual_tail=actual_tail, cors_template=cors_template,
+    star_actual = _with_headers(actual_template, ((ACAO, "*"), *actual_tail), header_edits) if star else None
+    compiled_cors = CompiledCors(
+        policy=cors,
+        plain=star_actual if star_actual is not None else _with_headers(actual_template, (), header_edits),
+        star_actual=star_actual,
+        actual_tail=actual_tail,
+        actual_template=actual_template,
         preflight_template=preflight_template,
         preflight_denied=_with_headers(preflight_template, (), header_edits),
     )
+    return CompiledPolicies(cors=compiled_cors, header_edits=header_edits, off=header_edits)
 
 
-def _with_headers(template: PolicyEdit, headers: tuple[Header, ...], rest: tuple[PolicyEdit, ...]) -> tuple[PolicyEdit, ...]:
+def _with_headers(template: PolicyEdit, headers: tuple[Header, ...],
+                  rest: tuple[PolicyEdit, ...]) -> tuple[PolicyEdit, ...]:
     """The CORS edit `template` writing `headers`, followed by the header tables' edits."""
     t = template
     return (PolicyEdit(t.table, t.mode, t.owned, t.owned_prefix, t.trigger, headers, t.vary),) + rest
@@ -239,19 +247,19 @@ def _with_headers(template: PolicyEdit, headers: tuple[Header, ...], rest: tuple
 def decide(route: Route, info: RequestInfo, websocket: bool = False) -> Decision:
     """Classify the request on `route` and decide every policy header of its response.
 
-    `websocket=True`: CORS headers are not applied to the handshake's `101` (CONTRACT §4), but
-    the CORS check still runs for the log and for `enforce`.
+    `websocket=True`: CORS headers are not applied to the handshake's `101` (browsers do not
+    use CORS for WebSockets), but the CORS check still runs for the log and for `enforce`.
 
     The result depends on nothing but the arguments, so it is remembered per route (a bounded
     LRU, see `proxy.memo`): a repeated preflight or page origin costs one dict lookup.
     """
-    c = route.compiled
+    compiled = route.compiled
     key = (route.name, info, websocket)
-    decision = c.decisions.get(key)
+    decision: Decision | None = compiled.decisions.get(key)
     if decision is None:
-        decision = _decide(route, c, info, websocket)
+        decision = _decide(route, compiled, info, websocket)
         if _key_chars(info) <= MAX_KEY_CHARS:
-            c.decisions.put(key, decision)
+            compiled.decisions.put(key, decision)
     return decision
 
 
@@ -261,38 +269,39 @@ def _key_chars(info: RequestInfo) -> int:
             + len(info.request_headers or ""))
 
 
-def _decide(route: Route, c: CompiledPolicies, info: RequestInfo, websocket: bool) -> Decision:
-    cors = c.cors
-    if cors is None:  # no CORS table, or remove/pass: the proxy does no CORS
-        return Decision(route.name, "off", "off", None, info.origin, None, c.off)
-    if info.origin is None:
-        return _plain(route, c, info, "not-cors", websocket)
-    if info.origin_lines == 1 and info.own_origin is not None \
-            and normalize_origin(info.origin) == info.own_origin:
-        return _plain(route, c, info, "same-origin", websocket)
+def _decide(route: Route, compiled: CompiledPolicies, info: RequestInfo, websocket: bool) -> Decision:
+    c = compiled.cors
+    origin = info.origin
+    if c is None:  # no CORS table, or remove/pass: the proxy does no CORS
+        return Decision(route=route.name, cors="off", reason=None, origin=origin, answer=None, edits=compiled.off)
+    if origin is None:
+        return _plain(route, compiled, c, "not-cors", origin, websocket)
+    if info.origin_lines == 1 and info.own_origin is not None and normalize_origin(origin) == info.own_origin:
+        return _plain(route, compiled, c, "same-origin", origin, websocket)
     if info.request_method is not None and info.method == "OPTIONS":
-        return _preflight(route, c, cors, info)
-    return _actual(route, c, cors, info, websocket)
+        return _preflight(route, compiled, c, info, origin, info.request_method)
+    return _actual(route, compiled, c, info, origin, websocket)
 
 
-def _plain(route: Route, c: CompiledPolicies, info: RequestInfo, kind: Kind, websocket: bool) -> Decision:
-    """not-cors / same-origin: no ACAO unless the route's origins are `*` (CONTRACT §6)."""
-    edits = c.header_edits if websocket else c.plain
-    return Decision(route.name, kind, kind, None, info.origin, None, edits)
+def _plain(route: Route, compiled: CompiledPolicies, c: CompiledCors, cors: str, origin: str | None,
+           websocket: bool) -> Decision:
+    """not-cors / same-origin: no ACAO unless the route's origins are `*` (README, "CORS")."""
+    edits = compiled.header_edits if websocket else c.plain
+    return Decision(route=route.name, cors=cors, reason=None, origin=origin, answer=None, edits=edits)
 
 
-def _origin_allowed(cors: CorsPolicy, info: RequestInfo) -> bool:
+def _origin_allowed(cors: CorsPolicy, info: RequestInfo, origin: str) -> bool:
     """Fetch §4.10 CORS check, from the server's side: is this `Origin` one we allow?
 
-    Several `Origin` lines are not one serialized origin (CONTRACT §6): only `*` passes them.
+    Several `Origin` lines are not one serialized origin: only `*` passes them.
     """
     matcher = cors.origins
     if matcher.allows_any:
         return True
-    return info.origin_lines == 1 and matcher.matches(info.origin)  # type: ignore[arg-type]
+    return info.origin_lines == 1 and matcher.matches(origin)
 
 
-def _allow_origin(c: CompiledPolicies, origin: str) -> tuple[Header, ...]:
+def _allow_origin(c: CompiledCors, origin: str) -> tuple[Header, ...]:
     """ACAO and its companions for an allowed origin; `*` when the origins are `*` and
     credentials off (Fetch §3.2.3: `*` never works with credentials), else the exact bytes
     the request sent, as the CORS check compares them byte for byte (Fetch §4.10 step 4)."""
@@ -301,29 +310,29 @@ def _allow_origin(c: CompiledPolicies, origin: str) -> tuple[Header, ...]:
     return ((ACAO, origin),) + c.actual_tail
 
 
-def _actual(route: Route, c: CompiledPolicies, cors: CorsPolicy, info: RequestInfo, websocket: bool) -> Decision:
+def _actual(route: Route, compiled: CompiledPolicies, c: CompiledCors, info: RequestInfo, origin: str,
+            websocket: bool) -> Decision:
     """An actual CORS request: allowed origins get ACAO (+ credentials, expose)."""
-    origin = info.origin
-    if _origin_allowed(cors, info):
+    cors = c.policy
+    if _origin_allowed(cors, info, origin):
         if websocket:
-            edits = c.header_edits
+            edits = compiled.header_edits
         elif c.star_actual is not None:
             edits = c.star_actual
         else:
-            edits = _with_headers(c.cors_template, _allow_origin(c, origin), c.header_edits)  # type: ignore[arg-type]
-        return Decision(route.name, "actual", "allowed", None, origin, None, edits)
+            edits = _with_headers(c.actual_template, _allow_origin(c, origin), compiled.header_edits)
+        return Decision(route=route.name, cors="allowed", reason=None, origin=origin, answer=None, edits=edits)
     # CORS does not stop a request, it hides the answer from the page: without `enforce` the
     # request is forwarded and its response simply carries no CORS headers.
     answer = Answer(403, f"{REASON_ORIGIN}: CORS request denied") if cors.enforce else None
-    edits = c.plain if (answer is not None or not websocket) else c.header_edits
-    return Decision(route.name, "actual", "denied", REASON_ORIGIN, origin, answer, edits)
+    edits = c.plain if (answer is not None or not websocket) else compiled.header_edits
+    return Decision(route=route.name, cors="denied", reason=REASON_ORIGIN, origin=origin, answer=answer, edits=edits)
 
 
-def _method_allowed(cors: CorsPolicy, info: RequestInfo) -> bool:
+def _method_allowed(cors: CorsPolicy, info: RequestInfo, method: str) -> bool:
     """Fetch §4.9 steps 7.3, 7.5: the requested method must be one token, safelisted or listed
     (case-sensitive). Two ACRM lines, or `GET, DELETE`, are not one method."""
-    method = info.request_method
-    if info.request_method_lines != 1 or not TOKEN_RE.fullmatch(method):  # type: ignore[arg-type]
+    if info.request_method_lines != 1 or not TOKEN_RE.fullmatch(method):
         return False
     return method in SAFELISTED_METHODS or cors.any_method or method in cors.allow_methods
 
@@ -366,13 +375,15 @@ def _headers_allowed(cors: CorsPolicy, names: list[str] | None) -> bool:
     return all(name.lower() in allowed for name in names)
 
 
-def _preflight(route: Route, c: CompiledPolicies, cors: CorsPolicy, info: RequestInfo) -> Decision:
+def _preflight(route: Route, compiled: CompiledPolicies, c: CompiledCors, info: RequestInfo, origin: str,
+               method: str) -> Decision:
     """A preflight: CORS check, then method, then headers, then Private Network Access."""
-    origin = info.origin
+    cors = c.policy
     reason = None
-    if not _origin_allowed(cors, info):
+    names: list[str] | None = None
+    if not _origin_allowed(cors, info, origin):
         reason = REASON_ORIGIN
-    elif not _method_allowed(cors, info):
+    elif not _method_allowed(cors, info, method):
         reason = REASON_METHOD
     else:
         names = _requested_headers(info)
@@ -387,13 +398,14 @@ def _preflight(route: Route, c: CompiledPolicies, cors: CorsPolicy, info: Reques
         answer = None
         if not forwarded or (reason == REASON_ORIGIN and cors.enforce):
             answer = Answer(403, f"{reason}: CORS preflight denied")
-        return Decision(route.name, "preflight", "preflight-denied", reason, origin, answer, c.preflight_denied)
+        return Decision(route=route.name, cors="preflight-denied", reason=reason, origin=origin, answer=answer,
+                        edits=c.preflight_denied)
 
-    headers: list[Header] = [(ACAO, "*" if c.star_actual is not None else origin)]  # type: ignore[list-item]
+    headers: list[Header] = [(ACAO, "*" if c.star_actual is not None else origin)]
     if cors.allow_credentials:
         headers.append(ACAC)
     if cors.any_method:
-        headers.append(("Access-Control-Allow-Methods", info.request_method))  # type: ignore[arg-type]
+        headers.append(("Access-Control-Allow-Methods", method))
     elif cors.allow_methods_value:
         headers.append(("Access-Control-Allow-Methods", cors.allow_methods_value))
     if cors.any_header:
@@ -401,7 +413,7 @@ def _preflight(route: Route, c: CompiledPolicies, cors: CorsPolicy, info: Reques
             # Echo the list as sent (browsers send one clean line, "content-type,x-foo"); a
             # list with empty elements or several lines is echoed cleaned up.
             raw = info.request_headers
-            echo = raw if raw == ",".join(names) else ", ".join(names)  # type: ignore[arg-type]
+            echo = raw if raw == ",".join(names) and raw is not None else ", ".join(names)
             headers.append(("Access-Control-Allow-Headers", echo))
     elif cors.allow_headers_value:
         headers.append(("Access-Control-Allow-Headers", cors.allow_headers_value))
@@ -410,8 +422,8 @@ def _preflight(route: Route, c: CompiledPolicies, cors: CorsPolicy, info: Reques
     if info.private_network:
         headers.append(ACAPN)
     answer = None if forwarded else Answer(204, "")
-    edits = _with_headers(c.preflight_template, tuple(headers), c.header_edits)  # type: ignore[arg-type]
-    return Decision(route.name, "preflight", "preflight-allowed", None, origin, answer, edits)
+    edits = _with_headers(c.preflight_template, tuple(headers), compiled.header_edits)
+    return Decision(route=route.name, cors="preflight-allowed", reason=None, origin=origin, answer=answer, edits=edits)
 
 
 # --------------------------------------------------------------------------------------------

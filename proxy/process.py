@@ -9,7 +9,7 @@ import asyncio
 import os
 import signal
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 from proxy import events, logs
 from proxy.events import Logger

@@ -12,7 +12,7 @@ the request is refused (`400 ambiguous-path`) rather than given either.
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from proxy.http1 import BadRequest
 from proxy.model import Config, Route

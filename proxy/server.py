@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from proxy import events, logs
 from proxy.config import load_config
@@ -108,7 +108,7 @@ class ProxyServer:
     async def start(self, sock: socket.socket | None = None) -> str:
         """Start listening; returns the address actually bound (port 0 picks a free one)."""
         proxy = self.state.config.proxy
-        tls = server_tls_context(proxy.tls_cert, proxy.tls_key) if proxy.tls_cert else None
+        tls = server_tls_context(proxy.tls_cert, proxy.tls_key) if proxy.tls_cert and proxy.tls_key else None
         loop = asyncio.get_running_loop()
         factory = lambda: ClientConnection(self, tls is not None)  # noqa: E731
         for listener in [sock] if sock is not None else bind_listeners(proxy.listen):
@@ -155,7 +155,7 @@ class ProxyServer:
                 conn.close()
         try:
             await asyncio.wait_for(self._idle.wait(), DRAIN_SECONDS)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         for conn in list(self.connections):
             conn.close()

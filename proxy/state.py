@@ -5,8 +5,8 @@ A request in flight keeps the state it started with. Built by `proxy.server`; re
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from proxy.connection import ClientConnection
 from proxy.events import Logger

@@ -20,7 +20,8 @@ import os
 import re
 import socket
 import ssl
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
+from typing import cast
 
 import httptools
 
@@ -84,12 +85,13 @@ def response_timeout(read_timeout: float) -> UpstreamFailure:
 class UpstreamConnection(asyncio.Protocol):
     """One connection to the upstream, carrying one exchange at a time."""
 
-    def __init__(self, key: tuple) -> None:
+    transport: asyncio.Transport  # set by connection_made, before the pool hands it out
+
+    def __init__(self, key: tuple[str, str, int]) -> None:
         self.key = key
-        self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
-        self._parser: httptools.HttpResponseParser | None = None
+        self._parser = httptools.HttpResponseParser(self)
         self.ignore_body = False
         self._repaired = False
         self._spare: socket.socket | None = None
@@ -98,7 +100,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _reset(self) -> None:
         """Fresh per-exchange state; llhttp itself is ready for the next response once one ends,
         except after a HEAD, whose announced body it would still wait for."""
-        if self._parser is None or self.ignore_body or self._repaired:
+        if self.ignore_body or self._repaired:
             self._parser = httptools.HttpResponseParser(self)
         self._close_spare()
         self.head_future: asyncio.Future[None] | None = None
@@ -123,13 +125,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
         if self._repairing is not None:
             self._repairing += data
-            self._parse_repaired()
+            self._parse_repaired(self._repairing)
             return
         if not self.head_done:
             self.head_bytes += len(data)
@@ -142,16 +144,15 @@ class UpstreamConnection(asyncio.Protocol):
                 self._fail(invalid("upstream-invalid-response", str(error)))
                 return
             self._repairing = bytearray(seen)
-            self._parse_repaired()
+            self._parse_repaired(self._repairing)
             return
         # Bytes seen before the head is complete bound a head still arriving; the field sizes
         # bound one that arrived whole in a single read.
         if self.head_size > MAX_RESPONSE_HEAD or (not self.head_done and self.head_bytes > MAX_RESPONSE_HEAD):
             self._fail(invalid("upstream-head-too-large", f"response head over {MAX_RESPONSE_HEAD} bytes"))
 
-    def _parse_repaired(self) -> None:
-        """Parse the collected head again, without whitespace before colons, once it is whole."""
-        data = self._repairing
+    def _parse_repaired(self, data: bytearray) -> None:
+        """Parse the collected head `data` again, without whitespace before colons, once it is whole."""
         end = _final_head_end(data)
         if end < 0:
             if len(data) > MAX_RESPONSE_HEAD:
@@ -494,7 +495,7 @@ class UpstreamClient:
         self.read_timeout = read_timeout
 
     @classmethod
-    def for_settings(cls, settings: ProxySettings) -> "UpstreamClient":
+    def for_settings(cls, settings: ProxySettings) -> UpstreamClient:
         return cls(upstream_ssl_context(settings), settings.connect_timeout, settings.read_timeout, settings)
 
     async def send(

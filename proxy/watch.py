@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from watchfiles import awatch
 

@@ -13,7 +13,8 @@ import os
 import signal
 import socket
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from proxy import events, logs, metrics
 from proxy.config import load_config
@@ -143,8 +144,8 @@ def run_workers(config: Config, config_path: str | None, overrides: dict | None,
     for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, relay)
     signal.signal(signal.SIGUSR1, reload_others)
-    for index in range(config.proxy.workers):
-        spawn(index)
+    for first in range(config.proxy.workers):
+        spawn(first)
 
     while workers:
         pid, status = os.wait()

@@ -32,9 +32,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
@@ -306,10 +307,11 @@ class StaticNginx:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return
-            except OSError:
+            except OSError as error:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.close()
-                    raise AssertionError(f"nginx did not start: {self.process.stderr.read().decode(errors='replace')}")
+                    stderr = self.process.stderr.read().decode(errors="replace")
+                    raise AssertionError(f"nginx did not start: {stderr}") from error
                 time.sleep(0.05)
 
     @property
@@ -373,7 +375,7 @@ def config_text(upstream: str | None = None, proxy: dict | None = None, limits: 
 
 
 def start_coxp(directory: Path, text: str, *args: str, name: str | None = None,
-               ready: str | None = "listening") -> "Coxp":
+               ready: str | None = "listening") -> Coxp:
     """Write `text` to `directory/name` (a fresh name by default), `coxp run -c` it (plus `args`)
     and wait for its `ready` event."""
     path = directory / (name or f"coxp-{next(_ids)}.toml")
@@ -404,7 +406,7 @@ class Coxp:
         self._readers: list[threading.Thread] = []
         self._streams_at_eof = 0
 
-    def start(self, ready: str | None = "listening") -> "Coxp":
+    def start(self, ready: str | None = "listening") -> Coxp:
         """Start the process; unless `ready` is None, wait for that event and take its `listen`."""
         self.process = subprocess.Popen(
             [PYTHON, *self.argv], cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -495,8 +497,8 @@ class Coxp:
     def wait_line(self, predicate: Callable[[str], bool], timeout: float = WAIT) -> str:
         """The first stdout line (text) for which `predicate` is true."""
         with self.changed:
-            self.changed.wait_for(lambda: any(predicate(l) for l in self.lines) or self._finished(), timeout)
-            hit = next((l for l in self.lines if predicate(l)), None)
+            self.changed.wait_for(lambda: any(predicate(line) for line in self.lines) or self._finished(), timeout)
+            hit = next((line for line in self.lines if predicate(line)), None)
             if hit is None:
                 raise AssertionError(f"no such line; {self._diagnosis()}")
             return hit
@@ -512,7 +514,7 @@ class Coxp:
         self.wait_event("request", path="/__settle__")
 
     def request(self, method: str, target: str, headers=(), body: bytes | None = None,
-                host: str | None = None, port: int | None = None) -> "Response":
+                host: str | None = None, port: int | None = None) -> Response:
         """One request on a fresh connection (to `port`, by default coxp's own); for coxp's own
         port, waits for the `request` log event and returns it as `response.event`."""
         mark = self.mark()

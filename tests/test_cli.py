@@ -420,10 +420,10 @@ def test_demo_next_step_command_works_as_printed(tmp_path):
 def test_demo_port_0_picks_a_free_port_and_prints_it(tmp_path):
     demo = Coxp(["-m", "proxy", "demo", "--port", "0"], cwd=tmp_path).start(ready=None)
     try:
-        line = demo.wait_line(lambda l: "listening" in l)
+        line = demo.wait_line(lambda line: "listening" in line)
         port = int(re.search(r"listen=localhost:(\d+)", line).group(1))
         assert port != 0
-        assert any(f"coxp        http://localhost:{port}" in l for l in demo.lines)
+        assert any(f"coxp        http://localhost:{port}" in line for line in demo.lines)
         hello = http_request(port, "GET", "/api/hello", host=f"localhost:{port}")
         assert hello.status == 200
         # The demo origin's own endpoints refuse bad input instead of failing.
@@ -494,14 +494,14 @@ def test_run_flags_override_the_file(tmp_path, query_upstream, coxp):
         text = RUN_FILE.replace("{busy}", str(busy.getsockname()[1]))
         proxy = coxp(text, "--listen", "127.0.0.1:0", "--upstream", query_upstream.url,
                           "--log-format", "console", ready=None)
-        line = proxy.wait_line(lambda l: "listening" in l)
+        line = proxy.wait_line(lambda line: "listening" in line)
         with pytest.raises(ValueError):
             json.loads(line)
         port = int(re.search(r"listen=127\.0\.0\.1:(\d+)", line).group(1))
         response = http_request(port, "GET", "/x", [("Origin", ORIGIN)], host=f"127.0.0.1:{port}")
         assert response.status == 200 and response.body == b"upstream GET"  # --upstream took effect
         assert response.value("Access-Control-Allow-Origin") == ORIGIN
-        proxy.wait_line(lambda l: l.startswith("200 GET") and f"127.0.0.1:{port}/x" in l)
+        proxy.wait_line(lambda line: line.startswith("200 GET") and f"127.0.0.1:{port}/x" in line)
         assert proxy.stop() == 0
 
 

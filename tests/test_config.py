@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.config import cors as cors_module
+from proxy.config import load_config, load_config_text, summarize
 from proxy.config import policies as policies_module
 from proxy.config import sections as sections_module
-from proxy.config import load_config, load_config_text, summarize
 from proxy.errors import ConfigError
 from proxy.model import Limits
 

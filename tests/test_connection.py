@@ -44,9 +44,9 @@ class FakeTransport(asyncio.Transport):
 class FakeHandler:
     """Answers every request `200` with the body it read; records what the connection reported."""
 
-    def __init__(self, limits: Limits = Limits()) -> None:
+    def __init__(self, limits: Limits | None = None) -> None:
         self.stopping = False
-        self._limits = limits
+        self._limits = limits or Limits()
         self.open: set[ClientConnection] = set()
         self.heads: list[RequestHead] = []
         self.bodies: list[bytes] = []

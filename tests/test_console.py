@@ -13,8 +13,8 @@ import time
 from urllib.parse import quote
 
 import pytest
-from harness import PYTHON, WAIT, Coxp, free_port, http_request
 
+from harness import PYTHON, WAIT, Coxp, free_port, http_request
 from proxy.console import ConsoleRenderer, colours_wanted, cookie_warnings
 
 APP = "http://localhost:5173"
@@ -127,19 +127,19 @@ def test_dev_console_line_and_cookie_warning_through_a_pipe(tmp_path, query_upst
         response = http_request(port, "POST", cookie_target(LAX), [("Origin", APP)], body=b"",
                                 host=f"127.0.0.1:{port}")
         assert response.value("Set-Cookie") == LAX
-        line = dev.wait_line(lambda l: "/login" in l)
+        line = dev.wait_line(lambda line: "/login" in line)
         assert ANSI.search("\n".join(dev.lines)) is None  # not a terminal: plain text
         assert re.match(rf"200 POST +127\.0\.0\.1:{port}/login +{re.escape(APP)} +allowed +"
                         r"\d+\.\d ms \[dev\]", line), line
-        warning = dev.wait_line(lambda l: "warning:" in l)
+        warning = dev.wait_line(lambda line: "warning:" in line)
         assert 'cookie "sid"' in warning and "the browser will not send this cookie back; see [routes.cookies]" in warning
         assert dev.lines.index(warning) == dev.lines.index(line) + 1
 
         http_request(port, "POST", cookie_target("sid=abc; SameSite=None; Secure"), [("Origin", APP)], body=b"",
                      host=f"localhost:{port}")
         http_request(port, "POST", cookie_target(LAX), [("Origin", APP)], body=b"", host=f"localhost:{port}")
-        dev.wait_for(lambda: sum(f"localhost:{port}/login" in l for l in dev.lines) == 2)
-        assert sum("warning:" in l for l in dev.lines) == 1  # same-site, or None+Secure: nothing to fix
+        dev.wait_for(lambda: sum(f"localhost:{port}/login" in line for line in dev.lines) == 2)
+        assert sum("warning:" in line for line in dev.lines) == 1  # same-site, or None+Secure: nothing to fix
     finally:
         assert dev.stop() == 0
 
@@ -161,17 +161,17 @@ allow_origins = ["http://localhost:*"]
 def test_a_cookie_on_a_route_without_credentials_warns_in_console_and_json_is_unchanged(coxp, query_upstream,
                                                                                            log_format):
     proxy = coxp(RUN.format(upstream=query_upstream.url, format=log_format), ready=None)
-    line = proxy.wait_line(lambda l: "listening" in l)
+    line = proxy.wait_line(lambda line: "listening" in line)
     port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
     http_request(port, "GET", cookie_target(LAX), [("Origin", APP), ("Cookie", "sid=1")], host=f"127.0.0.1:{port}")
-    line = proxy.wait_line(lambda l: "/login" in l)
+    line = proxy.wait_line(lambda line: "/login" in line)
     if log_format == "json":
         event = json.loads(line)
         assert event["event"] == "request" and event["cors"] == "allowed"
         assert "host" not in event and "warnings" not in event  # console-only fields
-        assert not any("warning" in l for l in proxy.lines)
+        assert not any("warning" in line for line in proxy.lines)
     else:
-        warning = proxy.wait_line(lambda l: "warning:" in l)
+        warning = proxy.wait_line(lambda line: "warning:" in line)
         assert 'does not allow credentials' in warning and "allow_credentials = true" in warning
 
 
@@ -202,7 +202,7 @@ def test_colours_on_a_terminal(tmp_path, query_upstream):
         process.terminate()
         assert process.wait(WAIT) == 0
         os.close(leader)
-    line = next(l for l in output.decode().splitlines() if "/hello" in l)
+    line = next(text for text in output.decode().splitlines() if "/hello" in text)
     assert "\x1b[1m\x1b[32m200\x1b[0m" in line  # a green, bold status
     assert ANSI.sub("", line).startswith("200 GET ")
 
@@ -226,11 +226,11 @@ allow_credentials = true
                          ids=["as-sent", "routes.cookies-fixes-it"])
 def test_the_cookie_warning_judges_the_cookie_as_coxp_sends_it(coxp, query_upstream, cookies):
     proxy = coxp(COOKIES.format(upstream=query_upstream.url, cookies=cookies), ready=None)
-    port = int(re.search(r"127\.0\.0\.1:(\d+)", proxy.wait_line(lambda l: "listening" in l)).group(1))
+    port = int(re.search(r"127\.0\.0\.1:(\d+)", proxy.wait_line(lambda line: "listening" in line)).group(1))
     response = http_request(port, "GET", cookie_target(LAX), [("Origin", APP)], host=f"127.0.0.1:{port}")
-    proxy.wait_line(lambda l: "/login" in l)
+    proxy.wait_line(lambda line: "/login" in line)
     http_request(port, "GET", "/settle", [("Origin", APP)], host=f"127.0.0.1:{port}")
-    proxy.wait_line(lambda l: "/settle" in l)  # any warning of /login was written before this line
-    warned = any("will not send this cookie back" in l for l in proxy.lines)
+    proxy.wait_line(lambda line: "/settle" in line)  # any warning of /login was written before this line
+    warned = any("will not send this cookie back" in line for line in proxy.lines)
     assert warned is (cookies == "")
     assert ("SameSite=None" in response.value("Set-Cookie")) is (cookies != "")

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 from aiohttp import web
 
-from harness import config_text, get, run_cli
+from harness import config_text, run_cli
 from proxy.config import load_config_text
 from proxy.cookies import edit_set_cookie
 from proxy.errors import ConfigError

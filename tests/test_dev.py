@@ -11,6 +11,7 @@ import subprocess
 import tomllib
 
 import pytest
+
 from harness import PYTHON, REPO, WAIT, Coxp, free_port, request_bytes, run_cli, send
 
 APP = "http://localhost:5173"

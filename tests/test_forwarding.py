@@ -387,13 +387,13 @@ def test_websocket_echo_through_the_proxy(coxp, upstream, loop):
     proxy = coxp(config_text(upstream.url))
 
     async def talk():
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"http://127.0.0.1:{proxy.address[1]}/ws", protocols=("chat",)) as ws:
-                await ws.send_str("hi")
-                text = await ws.receive_str(timeout=5)
-                await ws.send_bytes(b"\x00\x01\x02")
-                data = await ws.receive_bytes(timeout=5)
-                return ws.protocol, text, data
+        url = f"http://127.0.0.1:{proxy.address[1]}/ws"
+        async with aiohttp.ClientSession() as session, session.ws_connect(url, protocols=("chat",)) as ws:
+            await ws.send_str("hi")
+            text = await ws.receive_str(timeout=5)
+            await ws.send_bytes(b"\x00\x01\x02")
+            data = await ws.receive_bytes(timeout=5)
+            return ws.protocol, text, data
 
     assert loop.run(talk()) == ("chat", "echo:hi", b"\x02\x01\x00")
     request = proxy.wait_event("request")
@@ -612,7 +612,7 @@ class RssSampler:
             self.peak_kib = max(self.peak_kib, self.proxy.rss_kib())
             self.samples += 1
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 

@@ -3,6 +3,7 @@ file is never overwritten without --force, unknown presets name the known ones."
 from __future__ import annotations
 
 import pytest
+
 from harness import REPO, run_cli
 
 PRESETS = ["local-dev", "legacy-api", "staging-hardening"]

@@ -165,7 +165,7 @@ def test_sighup_applies_a_new_log_level(proxy, tmp_path):
         for _ in range(2):
             assert http_request(proxy.port, "GET", "/dead/x", [], host=f"127.0.0.1:{proxy.port}").status == 502
 
-        def warnings() -> list[int]:
+        def warnings(mark: int = mark) -> list[int]:
             return [i for i, e in enumerate(proxy.events[mark:]) if e.get("event") == "upstream_error"]
 
         assert proxy.wait_for(lambda: len(warnings()) == 2)
@@ -209,13 +209,13 @@ def test_console_format_is_readable(coxp, query_upstream):
     text = CONFIG.replace("{upstream}", query_upstream.url).replace("{closed}", "1").replace(
         'format = "json"', 'format = "console"')
     proxy = coxp(text, ready=None)
-    line = proxy.wait_line(lambda l: "listening" in l)
+    line = proxy.wait_line(lambda line: "listening" in line)
     port = int(line.split("listen=127.0.0.1:")[1].split()[0])
     http_request(port, "OPTIONS", "/api/a", [("Origin", ORIGIN), ("Access-Control-Request-Method", "DELETE")],
                  host="127.0.0.1")
     # One line per request, in the order a person scans it (status, method, host+path, origin,
     # decision and reason, ms, [route]); other events stay key=value.
-    line = proxy.wait_line(lambda l: "preflight-denied" in l)
+    line = proxy.wait_line(lambda line: "preflight-denied" in line)
     assert re.match(r"403 OPTIONS +127\.0\.0\.1/api/a +https://app\.example\.test +"
                     r"preflight-denied \(method-not-allowed\) +\d+\.\d ms \[api\]", line), line
     with pytest.raises(ValueError):

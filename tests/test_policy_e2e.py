@@ -303,7 +303,7 @@ class Case:
     query: str = ""  # extra query for the upstream (e.g. sleep=2)
 
 
-def O(origin=ORIGIN):  # noqa: N802 - reads as a header in the tables
+def O(origin=ORIGIN):  # noqa: E743 - reads as a header in the tables
     return ("Origin", origin)
 
 

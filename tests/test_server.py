@@ -14,7 +14,7 @@ import pytest
 import trustme
 from aiohttp import web
 
-from harness import Reader, Upstream, fresh_log, config_text, exchange, get, request_bytes, start_coxp
+from harness import Reader, Upstream, config_text, exchange, fresh_log, get, request_bytes, start_coxp
 
 LIMITS = {"max_request_line": 100, "max_header_bytes": 400, "max_headers": 5, "max_body_bytes": 10}
 REQUEST_LINE_OVERHEAD = len("GET  HTTP/1.1")  # the request line is this plus the target

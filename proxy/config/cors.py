@@ -3,10 +3,11 @@ normalised, contradictions refused, the response header values joined once."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, TypeGuard
 
 from proxy.config.reading import Table, quoted
 from proxy.config.values import parse_method
-from proxy.model import CorsPolicy, OriginMatcher
+from proxy.model import CorsPolicy, Mode, OriginMatcher
 from proxy.origins import compile_origins, credential_warnings
 from proxy.standards import (
     FORBIDDEN_METHODS,
@@ -16,6 +17,7 @@ from proxy.standards import (
 )
 
 MODES = ("set", "default", "remove", "pass")
+PREFLIGHTS = ("proxy", "upstream")
 SETTING_MODES = ("set", "default")  # the modes in which a table's own headers are written
 CORS_KEYS = (
     "mode", "allow_origins", "allow_origin_regex", "allow_methods", "allow_headers",
@@ -41,9 +43,19 @@ UNEXPOSABLE_HEADERS = frozenset({
 })
 
 
-def table_mode(table: Table) -> str | None:
-    """`mode`, shared by every policy table."""
-    return table.choice("mode", MODES, "set")
+def table_mode(table: Table) -> Mode | None:
+    """`mode`, shared by every policy table; None when it has a problem (reported)."""
+    errors_before = len(table.report.errors)
+    mode = table.choice("mode", MODES, "set")
+    return mode if _is_mode(mode) and len(table.report.errors) == errors_before else None
+
+
+def _is_mode(value: str) -> TypeGuard[Mode]:
+    return value in MODES
+
+
+def _is_preflight(value: str) -> TypeGuard[Literal["proxy", "upstream"]]:
+    return value in PREFLIGHTS
 
 
 
@@ -54,20 +66,20 @@ def cors_policy(table: Table) -> CorsPolicy | None:
     shadow = cors_policy(shadow_table) if shadow_table is not None else None
     mode = table_mode(table)
     credentials = table.boolean("allow_credentials", False)
-    origins = _cors_origins(table, mode, bool(credentials))
+    origins = _cors_origins(table, mode, credentials)
     methods = _cors_methods(table)
     allow_headers = _header_names(table, "allow_headers", _check_request_header)
-    expose_headers = _cors_expose_headers(table, bool(credentials))
+    expose_headers = _cors_expose_headers(table, credentials)
     max_age = table.integer("max_age", None, minimum=0, maximum=MAX_AGE_LIMIT)
     private_network = table.boolean("allow_private_network", False)
-    preflight = table.choice("preflight", ("proxy", "upstream"), "proxy")
+    preflight = table.choice("preflight", PREFLIGHTS, "proxy")
     enforce = table.boolean("enforce", False)
-    if len(table.report.errors) > errors_before:
+    if len(table.report.errors) > errors_before or mode is None or origins is None or not _is_preflight(preflight):
         return None
     method_names, any_method = methods
     header_names, any_header = allow_headers
     return CorsPolicy(
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,
         origins=origins,
         allow_methods=frozenset(method_names),
         any_method=any_method,
@@ -77,11 +89,11 @@ def cors_policy(table: Table) -> CorsPolicy | None:
         any_header=any_header,
         allow_headers_value=", ".join(header_names) or None,
         expose_headers_value=_expose_value(expose_headers),
-        allow_credentials=bool(credentials),
+        allow_credentials=credentials,
         max_age_value=None if max_age is None else str(max_age),
-        allow_private_network=bool(private_network),
-        preflight=preflight,  # type: ignore[arg-type]
-        enforce=bool(enforce),
+        allow_private_network=private_network,
+        preflight=preflight,
+        enforce=enforce,
         shadow=shadow,
     )
 
@@ -158,14 +170,16 @@ def _header_names(table: Table, name: str, check: Callable[[Table, str, str], No
 
 def _check_request_header(table: Table, key: str, name: str) -> None:
     if is_forbidden_request_header(name):
-        table.warn(key, f'"{name}" is a forbidden request-header name (Fetch standard): scripts cannot set it, so allowing it has no effect')
+        table.warn(key, f'"{name}" is a forbidden request-header name (Fetch '
+                        'standard): scripts cannot set it, so allowing it has no effect')
     elif name in RESPONSE_ONLY_CORS_HEADERS:
         table.warn(key, f'"{name}" is a response header; a request never carries it, remove it')
 
 
 def _check_response_header(table: Table, key: str, name: str) -> None:
     if name in FORBIDDEN_RESPONSE_HEADERS:
-        table.error(key, f'"{name}" can never be exposed: browsers hide it from scripts whatever the server says (Fetch standard, forbidden response-header name); remove it')
+        table.error(key, f'"{name}" can never be exposed: browsers hide it from scripts whatever the server '
+                         'says (Fetch standard, forbidden response-header name); remove it')
     elif name in UNEXPOSABLE_HEADERS:
         table.warn(key, f'"{name}" is not a header of an actual response; exposing it has no effect, remove it')
 
@@ -175,7 +189,8 @@ def _cors_expose_headers(table: Table, credentials: bool) -> tuple[list[str], bo
     if any_header and credentials:
         # Fetch standard: in Access-Control-Expose-Headers, `*` is a wildcard only for requests
         # without credentials; with credentials it would name a header called "*".
-        table.error("expose_headers", '"*" exposes nothing with allow_credentials = true (browsers read it as a header named "*"); list the header names')
+        table.error("expose_headers", '"*" exposes nothing with allow_credentials = true '
+                                      '(browsers read it as a header named "*"); list the header names')
     return names, any_header
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 from proxy.config.cookies import COOKIE_KEYS, cookie_policy
 from proxy.config.cors import CORS_KEYS, SETTING_MODES, cors_policy, table_mode
@@ -106,11 +106,11 @@ def _warn_unknown_report_to(parent: Table) -> None:
             ))
 
 
-def _header_policy(table: Table, name: str, mode: str | None, headers: tuple[Header, ...],
+def _header_policy(table: Table, name: str, mode: Mode | None, headers: tuple[Header, ...],
                    owned: frozenset[str], errors_before: int) -> HeaderPolicy | None:
     if mode is None or len(table.report.errors) > errors_before:
         return None
-    return HeaderPolicy(table=name, mode=cast(Mode, mode), owned=owned, headers=headers)
+    return HeaderPolicy(table=name, mode=mode, owned=owned, headers=headers)
 
 
 def _header_table_policy(table: Table, *, spec: HeaderTable) -> HeaderPolicy | None:
@@ -151,7 +151,8 @@ def _reporting_endpoints(table: Table, required: bool) -> dict[str, str]:
     if endpoints is None:
         return {}
     if not endpoints.data:
-        table.error("endpoints", 'an empty table sends no header; add default = "https://reports.example.test/r" or remove [reporting]')
+        table.error("endpoints", 'an empty table sends no header; add '
+                                 'default = "https://reports.example.test/r" or remove [reporting]')
     result: dict[str, str] = {}
     for name, url in endpoints.data.items():
         if is_extension(name):

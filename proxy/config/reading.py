@@ -15,11 +15,12 @@ import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from proxy.errors import ConfigError, ConfigProblem
 
 T = TypeVar("T")
+_INVALID = object()  # a read whose problem has been reported
 
 # A TOML bare key, with array indexes: how a key path part is written unquoted.
 KEY_PATH_PART = re.compile(r"[A-Za-z0-9_-]+(?:\[[0-9]+\])*")
@@ -87,11 +88,12 @@ class Report:
         for problems in (self.errors, self.warnings):
             for i, problem in enumerate(problems):
                 found = _ROUTE_KEY.match(problem.key)
-                if found is None or int(found[1]) >= len(names) or not isinstance(names[int(found[1])], str):
+                name = names[int(found[1])] if found is not None and int(found[1]) < len(names) else None
+                if found is None or not isinstance(name, str):
                     continue
                 if problem.key == f"{found[0]}.name":  # a problem with the name itself quotes it already
                     continue
-                problems[i] = ConfigProblem(problem.key, f"{problem.message}; in route {quoted(names[int(found[1])])}")
+                problems[i] = ConfigProblem(problem.key, f"{problem.message}; in route {quoted(name)}")
 
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array", dict: "a table"}
@@ -165,46 +167,69 @@ class Table:
     def warn(self, name: str, message: str) -> None:
         self.report.warnings.append(ConfigProblem(self.key(name), message))
 
-    def _read(self, name: str, accepts: Callable[[Any], bool], expected: str, default: Any, missing: str | None) -> Any:
-        """The value of `name`, `default` when absent; None (reported) when missing or of the wrong type."""
+    def _value(self, name: str, accepts: Callable[[object], bool], expected: str, default: object,
+               missing: str | None) -> object:
+        """The value of `name`, `default` when absent; `_INVALID` (reported) when missing or of
+        the wrong type."""
         if name not in self.data:
             if missing is not None:
                 self.error(name, f"missing; {missing}")
-                return None
+                return _INVALID
             self.effective[name] = default
             return default
         value = self.data[name]
         if not accepts(value):
             self.error(name, f"expected {expected}, got {describe(value)}")
-            return None
+            return _INVALID
         self.effective[name] = value
         return value
 
+    # Every typed read returns the value, or its default when the key is absent or its value
+    # has a problem (which is reported): a config with problems is never built, so a default
+    # standing in for a wrong value cannot reach the request path, and the compiled objects
+    # never hold None where the model says a value is.
+
+    @overload
+    def string(self, name: str, default: str, missing: str | None = None) -> str: ...
+    @overload
+    def string(self, name: str, default: None = None, missing: str | None = None) -> str | None: ...
     def string(self, name: str, default: str | None = None, missing: str | None = None) -> str | None:
-        return self._read(name, lambda v: isinstance(v, str), "a string", default, missing)
+        value = self._value(name, lambda v: isinstance(v, str), "a string", default, missing)
+        return value if isinstance(value, str) else default
 
-    def boolean(self, name: str, default: bool) -> bool | None:
-        return self._read(name, lambda v: isinstance(v, bool), "a boolean (true or false)", default, None)
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self._value(name, lambda v: isinstance(v, bool), "a boolean (true or false)", default, None)
+        return value if isinstance(value, bool) else default
 
+    @overload
+    def integer(self, name: str, default: int, minimum: int, maximum: int | None = None) -> int: ...
+    @overload
+    def integer(self, name: str, default: None, minimum: int, maximum: int | None = None) -> int | None: ...
     def integer(self, name: str, default: int | None, minimum: int, maximum: int | None = None) -> int | None:
-        value = self._read(name, is_int, "an integer", default, None)
-        if value is None:
-            return None
+        value = self._value(name, is_int, "an integer", default, None)
+        if not isinstance(value, int):
+            return default
         if value < minimum or (maximum is not None and value > maximum):
             bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
             self.error(name, f"{value} is out of range; write an integer {bounds}")
-            return None
+            return default
         return value
 
-    def seconds(self, name: str, default: float) -> float | None:
-        value = self._read(name, is_number, "a number of seconds", default, None)
-        if value is None:
-            return None
+    def seconds(self, name: str, default: float) -> float:
+        value = self._value(name, is_number, "a number of seconds", default, None)
+        if not isinstance(value, (int, float)):
+            return default
         if not math.isfinite(value) or value <= 0:
             self.error(name, f"{value} is not a positive number of seconds; write e.g. {default}")
-            return None
+            return default
         return float(value)
 
+    @overload
+    def choice(self, name: str, choices: tuple[str, ...], default: str, missing: str | None = None,
+               fold_case: bool = False) -> str: ...
+    @overload
+    def choice(self, name: str, choices: tuple[str, ...], default: None, missing: str | None = None,
+               fold_case: bool = False) -> str | None: ...
     def choice(self, name: str, choices: tuple[str, ...], default: str | None, missing: str | None = None,
                fold_case: bool = False) -> str | None:
         value = self.string(name, default, missing)
@@ -215,13 +240,13 @@ class Table:
             self.effective[name] = value
         if value not in choices:
             self.error(name, f"{quoted(value)} is not one of: {', '.join(choices)}")
-            return None
+            return default
         return value
 
     def strings(self, name: str) -> list[str] | None:
         """An array of strings (default empty); None when it or any element has the wrong type."""
-        value = self._read(name, lambda v: isinstance(v, list), "an array of strings", [], None)
-        if value is None:
+        value = self._value(name, lambda v: isinstance(v, list), "an array of strings", [], None)
+        if not isinstance(value, list):
             return None
         wrong = [(i, item) for i, item in enumerate(value) if not isinstance(item, str)]
         for i, item in wrong:
@@ -229,11 +254,22 @@ class Table:
         self.effective[name] = list(value)
         return None if wrong else list(value)
 
+    @overload
+    def parsed(self, name: str, parse: Callable[[str], T], default: str, missing: str | None = None) -> T: ...
+    @overload
+    def parsed(self, name: str, parse: Callable[[str], T], default: None = None,
+               missing: str | None = None) -> T | None: ...
     def parsed(self, name: str, parse: Callable[[str], T], default: str | None = None,
                missing: str | None = None) -> T | None:
-        """A string turned into a value by `parse`, whose `Invalid` becomes this key's problem."""
+        """A string turned into a value by `parse`, whose `Invalid` becomes this key's problem;
+        with a `default` (a valid text), the default's value when absent or invalid."""
         text = self.string(name, default, missing)
-        return None if text is None else self.parse_at(name, parse, text)
+        if text is None:
+            return None
+        value = self.parse_at(name, parse, text)
+        if value is None and default is not None:
+            return parse(default)
+        return value
 
     def parse_at(self, key: str, parse: Callable[[str], T], text: str) -> T | None:
         try:

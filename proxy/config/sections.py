@@ -16,12 +16,12 @@ from proxy.config.cors import SETTING_MODES
 from proxy.config.policies import POLICY_TABLES, compile_policies_table
 from proxy.config.reading import Report, Table, describe, quoted
 from proxy.config.values import (
+    parse_collector_path,
     parse_endpoint,
     parse_host_pattern,
     parse_method,
     parse_network,
     parse_path_glob,
-    parse_collector_path,
     parse_upstream,
     path_glob_warning,
 )
@@ -70,8 +70,9 @@ def compile_config(report: Report, data: dict[str, Any], source: str, base_dir: 
     proxy_table = root.subtable("proxy", PROXY_KEYS) or Table(report, "proxy", {}, PROXY_KEYS)
     proxy = _proxy_settings(proxy_table, base_dir)
     admin_table = root.subtable("admin", ADMIN_KEYS)
-    admin = _admin_settings(admin_table) if admin_table is not None else None
-    if admin is not None:
+    admin = None
+    if admin_table is not None:
+        admin = _admin_settings(admin_table)
         _reject_shared_listen(admin_table, admin.listen, proxy.listen)
     log_table = root.subtable("log", LOG_KEYS) or Table(report, "log", {}, LOG_KEYS)
     log = _log_settings(log_table)
@@ -168,7 +169,8 @@ def _tls_files(table: Table, base_dir: str) -> tuple[str | None, str | None]:
         # A callable password: an encrypted key fails here instead of prompting on the terminal.
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key, password=lambda: b"")
     except (ssl.SSLError, OSError) as exc:
-        table.error("tls_key", f"cannot be used with tls_cert ({_ssl_reason(exc)}); give the unencrypted PEM private key of that certificate")
+        table.error("tls_key", f"cannot be used with tls_cert ({_ssl_reason(exc)}); "
+                    "give the unencrypted PEM private key of that certificate")
         return None, None
     return cert, key
 
@@ -193,10 +195,11 @@ def _admin_settings(table: Table) -> AdminSettings:
     return AdminSettings(listen=table.parsed("listen", parse_endpoint, "127.0.0.1:9901"))
 
 
-def _reject_shared_listen(admin_table: Table, admin: Endpoint | None, proxy: Endpoint | None) -> None:
+def _reject_shared_listen(admin_table: Table, admin: Endpoint, proxy: Endpoint) -> None:
     # Port 0 picks a fresh port for each listener, so only a fixed port can clash.
-    if admin is not None and admin == proxy and admin.port != 0:
-        admin_table.error("listen", f"{admin} is also [proxy].listen; give the admin listener another port, e.g. \"127.0.0.1:9901\"")
+    if admin == proxy and admin.port != 0:
+        admin_table.error("listen", f"{admin} is also [proxy].listen; "
+                          "give the admin listener another port, e.g. \"127.0.0.1:9901\"")
 
 
 def _log_settings(table: Table) -> LogSettings:
@@ -224,12 +227,14 @@ def _require_upstream(proxy_table: Table, routes: list[Route]) -> None:
     if "upstream" in proxy_table.data:
         return
     if not routes:
-        proxy_table.error("upstream", 'missing; set it (e.g. upstream = "http://127.0.0.1:3000") or add [[routes]] with an upstream each')
+        proxy_table.error("upstream", 'missing; set it (e.g. upstream = '
+                                      '"http://127.0.0.1:3000") or add [[routes]] with an upstream each')
         return
     without = [route.name for route in routes if route.upstream is None]
     if without:
         names = ", ".join(quoted(name) for name in without)
-        proxy_table.error("upstream", f"missing, and routes {names} have no upstream of their own; set [proxy].upstream or give every route one")
+        proxy_table.error("upstream", f"missing, and routes {names} have no "
+                          "upstream of their own; set [proxy].upstream or give every route one")
 
 
 # ---------------------------------------------------------------------------------------------

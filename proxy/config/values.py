@@ -110,9 +110,11 @@ def parse_host_pattern(text: str) -> str:
     if "*" in name:
         raise Invalid(f'{quoted(text)}: only a leading "*." is supported, e.g. "*.example.test"')
     if ":" in name:
-        raise Invalid(f"{quoted(text)} has a port; hosts match the Host header without its port, write {quoted(host.rsplit(':', 1)[0])}")
+        raise Invalid(f"{quoted(text)} has a port; hosts match the Host "
+                      f"header without its port, write {quoted(host.rsplit(':', 1)[0])}")
     if not HOSTNAME.fullmatch(name):
-        raise Invalid(f'{quoted(text)} is not a host name; write e.g. "api.example.test" or "*.example.test" (non-ASCII names in punycode)')
+        raise Invalid(f'{quoted(text)} is not a host name; write e.g. '
+                      '"api.example.test" or "*.example.test" (non-ASCII names in punycode)')
     return host
 
 
@@ -124,7 +126,8 @@ def parse_path_glob(text: str) -> str:
         raise Invalid(f"{quoted(text)} has a query or fragment; paths are matched without the query, remove it")
     if any(not "!" <= char <= "~" for char in text):
         # Request targets are ASCII without spaces (RFC 9112 §3.2); paths are never decoded.
-        raise Invalid(f"{quoted(text)} has a space, control or non-ASCII character; write it percent-encoded, as browsers send it")
+        raise Invalid(f"{quoted(text)} has a space, control or "
+                      "non-ASCII character; write it percent-encoded, as browsers send it")
     return text
 
 
@@ -159,7 +162,8 @@ def parse_method(text: str) -> str:
 
 def parse_sf_key(text: str) -> str:
     if not SF_KEY.fullmatch(text):
-        raise Invalid(f'{quoted(text)} is not an endpoint name (lower-case letters, digits, "_", "-", ".", "*", starting with a letter; RFC 8941 §3.1.2); write e.g. "default"')
+        raise Invalid(f'{quoted(text)} is not an endpoint name (lower-case letters, digits, "_", "-", ".", "*", '
+                      'starting with a letter; RFC 8941 §3.1.2); write e.g. "default"')
     return text
 
 

@@ -50,7 +50,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 from e2e_helpers import PW_TIMEOUT_MS, TEST_HOSTS, free_port  # noqa: E402  (tests/browser is on sys.path)
 
-
 # --------------------------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from e2e_helpers import API, APP, EVIL, diag, free_port, page_fetch, q
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(60)]

@@ -8,6 +8,7 @@ import re
 import subprocess
 
 import pytest
+
 from harness import REPO, Coxp
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]

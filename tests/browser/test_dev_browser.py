@@ -9,6 +9,7 @@ import secrets
 
 import pytest
 from conftest import Server
+
 from harness import Coxp, free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(60)]

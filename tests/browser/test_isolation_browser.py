@@ -10,6 +10,7 @@ Plain-http ``*.example.test`` / ``*.other.test`` origins are secure contexts in 
 from __future__ import annotations
 
 import pytest
+
 from e2e_helpers import API, APP, EVIL, IMG_OTHER_SITE, diag, isolation_state, load_img, q
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(60)]

@@ -8,6 +8,7 @@ echo server never sees a connection.
 from __future__ import annotations
 
 import pytest
+
 from e2e_helpers import API, APP, diag, q, ws_roundtrip
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(60)]
