@@ -103,7 +103,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _cancel_request(self) -> None:
         if self.busy and self._task is not None:
-            # A client that goes away cancels its upstream request (contract §4).
+            # A client that goes away cancels its upstream request (README, "Forwarding behaviour").
             self._task.cancel()
 
     def pause_writing(self) -> None:

@@ -6,7 +6,7 @@ scheme and host lower-cased, IDNs in their ASCII (punycode) form and the port om
 the scheme's default. Opaque origins (sandboxed iframes, `data:` and `file:` documents,
 cross-origin redirects) are sent as the literal `null`.
 
-Pattern forms (CONTRACT §3):
+Pattern forms (README, "CORS: what happens to a request"):
 
 - `"*"`                      every origin (sole entry, no regex);
 - `scheme://host[:port]`     exact, compared case-insensitively, default port dropped;
@@ -27,7 +27,7 @@ subdomain wildcards are a set of domains per (scheme, port), looked up for each 
 domain of the request host; port wildcards are a set of (scheme, host). Only the regular
 expressions (if any) are run one by one.
 
-The strictness reference is jub0bs/cors (`internal/origins`): what it refuses but the contract
+The strictness reference is jub0bs/cors (`internal/origins`): what it refuses but coxp
 allows is accepted here with a warning (`null`, upper case, explicit default ports, insecure
 origins with credentials — see `credential_warnings`).
 """
@@ -116,7 +116,7 @@ def normalize_origin(value: str) -> str | None:
     `None` when `value` is not a serialized origin (a path, a trailing slash, userinfo, spaces,
     several values, empty...). `"null"` is returned as `"null"`. Used both on the config's
     patterns (via `compile_origins`) and on request values, so both compare alike
-    (CONTRACT §6 "Request `Origin` matching").
+    (README, "CORS: what happens to a request").
     """
     if value == "null":
         return "null"
@@ -171,7 +171,7 @@ class CompiledOrigins(OriginMatcher):
 
     def _match(self, origin: str) -> bool:
         if origin == "null":
-            # The opaque origin: only the literal entry allows it, never a regex (CONTRACT §3).
+            # The opaque origin: only the literal entry allows it, never a regex (README, the `"null"` pattern).
             return self.allows_null
         parts = _split_request_origin(origin)
         if parts is None:  # not a serialized origin: matches nothing
@@ -322,7 +322,7 @@ def _parse_pattern(raw: str) -> _Pattern:
         raise _PatternError(f"{q}: an extension origin is {scheme}://<id>, with no wildcard or port")
 
     if scheme_raw != scheme or host_raw != host_raw.lower():
-        # jub0bs/cors refuses upper case; the contract compares case-insensitively instead.
+        # jub0bs/cors refuses upper case; coxp compares case-insensitively instead (README).
         notes.append("origins are compared case-insensitively and browsers send lower case")
     if scheme in EXTENSION_SCHEMES:
         # An extension id (Chrome: 32 letters a-p; Firefox, Safari: a UUID) is no DNS name.
@@ -408,7 +408,7 @@ def _site_list():  # type: ignore[no-untyped-def]
 
 
 def _suffix_problem(q: str, domain: str) -> tuple[bool, str] | None:
-    """(is_error, message) when `*.domain` spans a public suffix (CONTRACT §6)."""
+    """(is_error, message) when `*.domain` spans a public suffix (README, "What coxp refuses, and why")."""
     name = domain.rstrip(".")
     icann, every = _suffix_lists()
     if icann.is_public(name):

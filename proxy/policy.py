@@ -55,11 +55,12 @@ __all__ = [
 
 
 
-# The headers CORS owns on an actual response (CONTRACT §3), as an exact set plus a prefix.
+# The headers CORS owns on an actual response (README, "Configuration walk-through", the
+# modes), as an exact set plus a prefix.
 CORS_OWNED: Final = frozenset({"access-control-expose-headers", "access-control-max-age"})
 CORS_PREFIX: Final = "access-control-allow-"
 # A preflight response edited in `set` mode carries exactly what a synthesized one would, so
-# every upstream `Access-Control-*` goes (CONTRACT §6 "preflight = upstream").
+# every upstream `Access-Control-*` goes (README, "`[routes.cors]`", `preflight = "upstream"`).
 PREFLIGHT_PREFIX: Final = "access-control-"
 _ACAO: Final = "access-control-allow-origin"
 SET_COOKIE: Final = frozenset({"set-cookie"})

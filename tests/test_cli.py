@@ -1,4 +1,4 @@
-"""The command line (CONTRACT §2, §6): check, explain, dev, demo, run's flags, `python -m proxy`.
+"""The command line (README, "Command line"): check, explain, dev, demo, run's flags, `python -m proxy`.
 
 Every command runs as a real subprocess (`python -m proxy ...`); the serving ones are stopped
 with SIGTERM at teardown.

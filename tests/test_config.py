@@ -175,7 +175,7 @@ def test_bad_config_is_reported_under_its_key(text, key, fragment):
     assert fragment in found[0][1], found
 
 
-def test_contract_example_error_line():
+def test_an_origin_with_a_path_is_reported_under_its_key_path():
     text = cors('allow_origins = ["https://ok.test"]\n') + '[[routes]]\nname = "s"\n[routes.cors]\nallow_origins = ["https://a.test/"]\n'
     with pytest.raises(ConfigError) as caught:
         load(text)
@@ -501,7 +501,7 @@ def test_relative_tls_paths_start_at_the_config_directory(tls_files, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# Warnings: what jub0bs/cors refuses but the contract allows
+# Warnings: what jub0bs/cors refuses but coxp allows
 
 
 WARNINGS = [

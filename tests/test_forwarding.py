@@ -1,4 +1,4 @@
-"""Forwarding through real sockets (contract §4, §5, §6 "Upstream failures", "Forwarded headers").
+"""Forwarding through real sockets (README, "Forwarding behaviour").
 
 Each test starts a real upstream on loopback and coxp as a subprocess, and asserts the exact
 bytes and headers on both sides.

@@ -1,4 +1,4 @@
-"""The decision log (CONTRACT §5, §6 "Log"): one `request` event per request with every field,
+"""The decision log (README, "The decision log"): one `request` event per request with every field,
 `listening`, `upstream_error`, `config_reloaded`/`config_error` on SIGHUP, JSON-only stdout."""
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ def test_pattern_errors(pattern: str, words: str) -> None:
     assert message.startswith(f'"{pattern}"') or pattern in ("", "NULL") or "null" in message.lower()
 
 
-def test_contract_example_message() -> None:
+def test_an_origin_with_a_path_is_told_what_an_origin_is() -> None:
     assert errors_of("https://a.test/")[0][1].startswith(
         '"https://a.test/" has a path; an origin is scheme://host[:port]')
 

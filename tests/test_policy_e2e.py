@@ -1,4 +1,4 @@
-"""The policy engine end to end (CONTRACT §3, §6): a real coxp process in front of a real upstream.
+"""The policy engine end to end (README, "Configuration walk-through"): a real coxp process in front of a real upstream.
 
 Each case is one row: the config (a name in CONFIGS), the request, what the upstream answers,
 and the expected status, the *exact* set of non-transport response headers (anything extra
@@ -802,7 +802,7 @@ def test_explain_and_server_agree(coxp_pool, query_upstream, tmp_path, capsysbin
 
 
 # --------------------------------------------------------------------------------------------
-# WebSocket upgrades: CORS headers do not apply to the 101; `enforce` does (CONTRACT §4, §6)
+# WebSocket upgrades: CORS headers do not apply to the 101; `enforce` does (README)
 
 WS_CASES = [
     # (id, path, request headers, upstream's 101 headers, status, exact policy headers, cors, reaches upstream)

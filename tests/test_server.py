@@ -1,4 +1,4 @@
-"""The server around the exchange: limits, timeouts, signals, reload, TLS (contract §3, §4, §6).
+"""The server around the exchange: limits, timeouts, signals, reload, TLS (README, "`[limits]`", "Command line").
 
 coxp runs as a subprocess; clients are raw sockets, so every limit is probed at exactly N and N+1.
 """

@@ -83,7 +83,7 @@ def cors_policy(table: Table) -> CorsPolicy | None:
         origins=origins,
         allow_methods=frozenset(method_names),
         any_method=any_method,
-        # With "*" the requested method / header list is echoed instead (CONTRACT §3).
+        # With "*" the requested method / header list is echoed instead (README, "`[routes.cors]`").
         allow_methods_value=", ".join(method_names) or None,
         allow_headers=frozenset(header_names),
         any_header=any_header,

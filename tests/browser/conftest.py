@@ -434,7 +434,7 @@ def coxp(tmp_path, tls):
 
     ``body`` is TOML appended after a generated ``[proxy]`` table (listen on a free loopback
     port, ``upstream`` if given, the trustme certificate if ``tls``) and ``[log]`` (json, info).
-    It may use any other table of the contract (``[[routes]]``, ``[defaults.*]``...).
+    It may use any other table of the configuration (``[[routes]]``, ``[defaults.*]``...).
     """
     started: list[Coxp] = []
 
