@@ -16,6 +16,8 @@ upstream = "{upstream}"
 workers = 2
 [log]
 format = "json"
+[defaults.cors]
+mode = "remove"
 [[routes]]
 name = "api"
 paths = ["/api/*"]
