@@ -48,7 +48,7 @@ class Backend:
     def path(self, endpoint: str, **query: object) -> str:
         return f"/{endpoint}" + (f"?{urlencode(query)}" if query else "")
 
-    def start(self) -> "Backend":
+    def start(self) -> Backend:
         log = open(self.dir / "server.log", "wb")
         # A session of its own: Apache's prefork parent signals its whole process group on stop.
         self.process = subprocess.Popen(self.command(), cwd=SERVERS, stdout=log, stderr=subprocess.STDOUT,

@@ -9,6 +9,7 @@ several Set-Cookie, gzip passed through, redirects (rewritten to coxp), an early
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 
 import pytest
@@ -147,8 +148,6 @@ def test_redirects_to_the_backend_are_pointed_at_coxp(pair):
 def early_upload(address: tuple[str, int], target: str, size: int = 8 * 1024 * 1024):
     """POST `size` bytes from a thread (send errors ignored: the server stops reading) while the
     response is read, as browsers and curl do."""
-    import socket
-
     sock = socket.create_connection(address, timeout=TIMEOUT)
 
     def send_body() -> None:
