@@ -186,37 +186,43 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="start the proxy")
-    run.add_argument("-c", "--config", required=True, metavar="FILE")
-    run.add_argument("--listen", metavar="HOST:PORT")
-    run.add_argument("--upstream", metavar="URL")
-    run.add_argument("--log-format", choices=["json", "console"], type=str.lower)
-    run.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"], type=str.lower)
+    run.add_argument("-c", "--config", required=True, metavar="FILE", help="the TOML config to serve")
+    run.add_argument("--listen", metavar="HOST:PORT", help="overrides [proxy] listen, e.g. 127.0.0.1:8080")
+    run.add_argument("--upstream", metavar="URL", help="overrides [proxy] upstream, e.g. http://127.0.0.1:3000")
+    run.add_argument("--log-format", choices=["json", "console"], type=str.lower,
+                     help="overrides [log] format: json (one object per line) or console (readable lines)")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"], type=str.lower,
+                     help="overrides [log] level")
     run.add_argument("--watch", action="store_true",
                      help="reload when the config file changes, as on SIGHUP (an invalid file keeps the old config)")
     run.set_defaults(func=cmd_run)
 
     check = commands.add_parser("check", help="validate a config and summarise its routes")
-    check.add_argument("-c", "--config", required=True, metavar="FILE")
+    check.add_argument("-c", "--config", required=True, metavar="FILE",
+                       help="the TOML config to validate (every problem is listed; exit 2 on errors)")
     check.set_defaults(func=cmd_check)
 
     explain = commands.add_parser("explain", help="dry-run one request through the decision code")
-    explain.add_argument("-c", "--config", required=True, metavar="FILE")
-    explain.add_argument("-X", "--method", default="GET")
-    explain.add_argument("-H", "--header", action="append", default=[], metavar="'Name: value'")
+    explain.add_argument("-c", "--config", required=True, metavar="FILE", help="the TOML config to decide with")
+    explain.add_argument("-X", "--method", default="GET", help="the request method (default GET); a preflight "
+                         "is OPTIONS with Origin and Access-Control-Request-Method headers")
+    explain.add_argument("-H", "--header", action="append", default=[], metavar="'Name: value'",
+                         help="a request header, e.g. 'Origin: https://app.example.test' (repeatable)")
     explain.add_argument("--upstream-header", action="append", default=[], metavar="'Name: value'",
                          help="a header of the simulated upstream response")
-    explain.add_argument("--json", action="store_true")
-    explain.add_argument("url")
+    explain.add_argument("--json", action="store_true", help="print the explanation as one JSON object")
+    explain.add_argument("url", help="the absolute URL the browser would request, e.g. https://api.example.test/v1/x")
     explain.set_defaults(func=cmd_explain)
 
     report = commands.add_parser("report", help="summarise decision logs: what breaks, and what to change")
     report.add_argument("logs", nargs="*", metavar="FILE", help="JSON-lines decision logs; - or none = stdin")
     report.add_argument("-c", "--config", metavar="FILE", help="the config the logs ran under (names key paths)")
-    report.add_argument("--json", action="store_true")
+    report.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     report.set_defaults(func=cmd_report)
 
     learn = commands.add_parser("learn", help="print FILE with CORS tables tightened to the traffic in the logs")
-    learn.add_argument("-c", "--config", required=True, metavar="FILE")
+    learn.add_argument("-c", "--config", required=True, metavar="FILE",
+                       help="the config the logs ran under; printed with its CORS tables tightened")
     learn.add_argument("logs", nargs="*", metavar="LOG", help="JSON-lines decision logs; - or none = stdin")
     learn.set_defaults(func=cmd_learn)
 

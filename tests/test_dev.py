@@ -88,11 +88,12 @@ def test_print_config_names_the_command_that_wrote_it_and_check_accepts_it(tmp_p
 # flags: help and errors
 
 
-def test_help_describes_every_option_of_dev_init_and_demo():
+def test_help_describes_every_option_of_every_command():
     from proxy.cli import build_parser
 
     commands = next(a for a in build_parser()._actions if a.dest == "command").choices
-    for name in ("dev", "init", "demo"):
+    assert {"run", "check", "explain", "dev", "init", "demo"} <= set(commands)
+    for name in commands:
         for action in commands[name]._actions:
             assert action.help, f"coxp {name} {action.option_strings or action.dest} has no description"
     result = run_cli("dev", "--help")
