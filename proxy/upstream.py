@@ -242,6 +242,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = self._parser.should_keep_alive()
         if self.ignore_body:
             self.complete = True
+            self._close_spare()
         if self.head_future is not None and not self.head_future.done():
             self.head_future.set_result(None)
 

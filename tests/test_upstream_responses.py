@@ -2,6 +2,7 @@
 field lines a proxy must repair, and the upstream status of requests their client left."""
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import threading
@@ -51,13 +52,31 @@ def upload(proxy, target: str, size: int = UPLOAD):
         sender.join(10)
 
 
+def open_descriptors(proxy) -> int:
+    return len(os.listdir(f"/proc/{proxy.pid}/fd"))
+
+
 def test_a_final_response_sent_before_the_upload_was_read_is_relayed(coxp, raw_upstream):
     proxy = coxp(config_text(raw_upstream(refuse_upload_then_reset).url))
+    before = open_descriptors(proxy)
     for attempt in range(20):
         response = upload(proxy, f"/upload?attempt={attempt}")
         assert (response.status, response.body) == (413, b"too large\n"), f"attempt {attempt}"
         event = proxy.wait_event("request", count=attempt + 1)
         assert (event["status"], event["upstream_status"]) == (413, 413)
+    # The second descriptor each upload held is closed with its connection.
+    assert proxy.wait_for(lambda: open_descriptors(proxy) <= before), (before, open_descriptors(proxy))
+
+
+def test_uploads_on_a_kept_alive_upstream_connection_leave_no_descriptor_behind(proxy, upstream):
+    get(proxy, "/warm", method="POST", body=b"x")  # the pooled upstream connection exists
+    before = open_descriptors(proxy)
+    with proxy.connect() as sock:
+        reader = Reader(sock)
+        for size in (1, 70_000, 10, 300_000) * 10:
+            sock.sendall(request_bytes("POST", "/up", body=b"b" * size))
+            assert reader.response().status == 200
+    assert proxy.wait_for(lambda: open_descriptors(proxy) <= before), (before, open_descriptors(proxy))
 
 
 # --- reason phrases -------------------------------------------------------------------------------
