@@ -35,7 +35,9 @@ class ConnectionHandler(Protocol):
         """The limits of the config serving now (a reload may change them between requests)."""
         ...
 
-    def opened(self, conn: ClientConnection) -> None: ...
+    def opened(self, conn: ClientConnection) -> bool:
+        """A connection was accepted; False when it is one too many (it is closed at once)."""
+        ...
 
     def closed(self, conn: ClientConnection) -> None: ...
 
@@ -74,7 +76,9 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) else ""
-        self.handler.opened(self)
+        if not self.handler.opened(self):
+            transport.close()  # beyond max_connections: the ones already open keep being served
+            return
         self._task = asyncio.get_running_loop().create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
@@ -168,15 +172,17 @@ class ClientConnection(asyncio.Protocol):
             del self.buffer[:2]
 
     async def body(self, head: RequestHead, max_bytes: int, on_start: Callable[[], None]) -> AsyncIterator[bytes]:
-        """Stream the request body; BadRequest(400/413) on bad framing or size mid-stream."""
+        """Stream the request body; BadRequest(400/413) on bad framing or size mid-stream,
+        BadRequest(408) when the client pauses longer than `body_timeout` between reads."""
         self.body_complete = False
         on_start()
+        pause = self.handler.limits().body_timeout
         received = 0
         if head.chunked:
             decoder = ChunkedDecoder()
             while not decoder.done:
                 if not self.buffer:
-                    await self._receive()
+                    await self._receive_body(pause)
                 for piece in decoder.feed(self.buffer):
                     received += len(piece)
                     if max_bytes and received > max_bytes:
@@ -186,13 +192,19 @@ class ClientConnection(asyncio.Protocol):
             remaining = head.content_length or 0
             while remaining:
                 if not self.buffer:
-                    await self._receive()
+                    await self._receive_body(pause)
                 take = min(remaining, len(self.buffer), READ_CHUNK)
                 piece = bytes(self.buffer[:take])
                 del self.buffer[:take]
                 remaining -= take
                 yield piece
         self.body_complete = True
+
+    async def _receive_body(self, pause: float) -> None:
+        try:
+            await self._receive(asyncio.get_running_loop().time() + pause)
+        except TimeoutError:
+            raise BadRequest(408, "body-timeout") from None
 
     async def read_some(self) -> bytes:
         """Whatever bytes are there (waiting for some); b"" once the client has finished sending."""
@@ -210,15 +222,36 @@ class ClientConnection(asyncio.Protocol):
         if not self.lost:
             self.transport.write(data)
 
-    async def drain(self) -> None:
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until the transport takes more writes; TimeoutError after `timeout` seconds."""
         if self.lost:
             raise ClientGone()
         if self._paused_writing:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._drain_waiter = loop.create_future()
+            timer = loop.call_later(timeout, expire, waiter) if timeout is not None else None
             try:
-                await self._drain_waiter
+                await waiter
             finally:
                 self._drain_waiter = None
+                if timer is not None:
+                    timer.cancel()
+
+    async def flushed(self, timeout: float) -> bool:
+        """Wait until every byte written so far was handed to the kernel; False after `timeout`."""
+        if self.transport is None or not self.transport.get_write_buffer_size():
+            return not self.lost
+        # With a high-water mark of 0 the transport reports (resume_writing) only once its
+        # buffer is empty; the usual marks come back after.
+        self.transport.set_write_buffer_limits(high=0)
+        try:
+            await self.drain(timeout)
+        except TimeoutError:
+            return False
+        finally:
+            if not self.lost:
+                self.transport.set_write_buffer_limits()
+        return True
 
     def abort(self) -> None:
         """Close without a clean end, so the client sees an aborted response, not a short one."""
@@ -248,6 +281,12 @@ class ClientConnection(asyncio.Protocol):
                 finally:
                     self.busy = False
                 if not keep_alive or not self.body_complete:
+                    break
+                # Backpressure: the next pipelined request is read only once this response is in
+                # the kernel's hands, so a client that never reads cannot make coxp queue answers
+                # (its own or the upstream's). One that reads nothing for `keepalive_timeout` is cut off.
+                if not await self.flushed(self.handler.limits().keepalive_timeout):
+                    self.abort()
                     break
         except (ClientGone, asyncio.CancelledError):
             pass

@@ -128,7 +128,7 @@ async def _tunnel(
     except UpstreamFailure as failure:
         return upstream_failed(state, conn, head, upstream, decision, failure, record)
     try:
-        await tunnel(conn, handshake, decision.edits, own_origin, record)
+        await tunnel(conn, handshake, decision.edits, own_origin, record, state.config.limits.tunnel_idle_timeout)
     finally:
         handshake.close()
     return False

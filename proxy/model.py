@@ -87,6 +87,9 @@ class Limits:
     max_in_flight: int = 1024
     max_body_bytes: int = 0  # 0 = unlimited
     request_buffer: int = 65536  # body bytes read before the upstream is contacted; 0 = stream at once
+    body_timeout: float = 60.0  # seconds a client may pause between body reads
+    tunnel_idle_timeout: float = 300.0  # seconds without a byte either way before a WebSocket tunnel closes
+    max_connections: int = 10000  # open client connections per worker; beyond, new ones are closed at once
 
 
 class OriginMatcher:

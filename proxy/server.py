@@ -75,8 +75,11 @@ class ProxyServer:
     def limits(self) -> Limits:
         return self.state.config.limits
 
-    def opened(self, conn: ClientConnection) -> None:
+    def opened(self, conn: ClientConnection) -> bool:
+        if len(self.connections) >= self.state.config.limits.max_connections:
+            return False
         self.connections.add(conn)
+        return True
 
     def closed(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)

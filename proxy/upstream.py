@@ -286,9 +286,12 @@ class UpstreamConnection(asyncio.Protocol):
         names = {n.lower() for n, _ in self.headers}
         return "content-length" not in names and "transfer-encoding" not in names
 
-    async def drain(self) -> None:
+    async def drain(self, timeout: float) -> None:
+        """Wait until the upstream takes more of the body; TimeoutError when it reads nothing for
+        `timeout` seconds (an upstream that stopped reading cannot hold the exchange forever)."""
         if self._drain_waiter is not None and not self.closed:
-            await self._drain_waiter
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._drain_waiter)
 
     def start(self, head_only: bool) -> asyncio.Future[None]:
         self.ignore_body = head_only
@@ -463,13 +466,32 @@ def _content_length(headers: list[tuple[str, str]]) -> int | None:
 
 class Handshake:
     """The upstream's answer to a WebSocket handshake, on a connection of its own (never pooled):
-    after a `101`, `reader`/`writer` carry the WebSocket bytes; else the answer's body follows."""
+    after a `101`, `reader`/`writer` carry the WebSocket bytes; else `refused_body()` is the
+    answer's body."""
 
-    __slots__ = ("status", "headers", "reader", "writer")
+    __slots__ = ("status", "headers", "reader", "writer", "_parsed", "_parser", "_read_timeout")
 
-    def __init__(self, status: int, headers: list[tuple[str, str]], reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
-        self.status, self.headers, self.reader, self.writer = status, headers, reader, writer
+    def __init__(self, head: "_HeadFields", parser: httptools.HttpResponseParser, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, read_timeout: float) -> None:
+        self.status, self.headers = parser.get_status_code(), head.fields
+        self.reader, self.writer = reader, writer
+        self._parsed, self._parser, self._read_timeout = head, parser, read_timeout
+
+    async def refused_body(self) -> AsyncIterator[bytes]:
+        """The body of an answer other than 101, as the upstream framed it (to be relayed with
+        its framing headers), up to the end of that message: the connection is not kept after it."""
+        while not self._parsed.complete:
+            try:
+                data = await asyncio.wait_for(self.reader.read(64 * 1024), self._read_timeout)
+            except TimeoutError:
+                raise UpstreamFailure(504, "upstream-read-timeout", f"no body bytes within {self._read_timeout} s") from None
+            if not data:
+                return  # close-delimited, or cut short: the client's connection ends here too
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserError as error:
+                raise invalid("upstream-invalid-response", str(error)) from None
+            yield data
 
     def close(self) -> None:
         self.writer.close()
@@ -551,9 +573,22 @@ class UpstreamClient:
         else:
             conn.transport.write(head)
             if body is not None:
-                writer = asyncio.ensure_future(_send_body(conn, body, chunked))
+                writer = asyncio.ensure_future(_send_body(conn, body, chunked, self.read_timeout))
                 writer.add_done_callback(_retrieve)
-        timer = asyncio.get_running_loop().call_later(self.read_timeout, expire, head_received)
+        # read_timeout bounds the wait for the response head from the moment the request, body
+        # included, was sent: a slow upload is bounded by body_timeout between its pieces instead.
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle | None = None
+
+        def start_timer(_: object = None) -> None:
+            nonlocal timer
+            if not head_received.done():
+                timer = loop.call_later(self.read_timeout, expire, head_received)
+
+        if writer is None:
+            start_timer()
+        else:
+            writer.add_done_callback(start_timer)
         try:
             await head_received
         except BaseException as error:
@@ -564,7 +599,10 @@ class UpstreamClient:
                 raise response_timeout(self.read_timeout) from None
             raise
         finally:
-            timer.cancel()
+            if writer is not None:
+                writer.remove_done_callback(start_timer)
+            if timer is not None:
+                timer.cancel()
         # A response that arrived is relayed even when the body could not be sent whole: the
         # upstream answered (RFC 9112 §9.5: a server may answer before it reads the body).
         return UpstreamResponse(conn, self.pool, self.read_timeout, writer)
@@ -581,13 +619,13 @@ class UpstreamClient:
             )
         try:
             writer.write(serialize_request_head("GET", target, headers))
-            status, fields = await _handshake_head(reader, self.read_timeout)
-            if status == 101 and not _switches_to_websocket(fields):
+            head, parser = await _handshake_head(reader, self.read_timeout)
+            if parser.get_status_code() == 101 and not _switches_to_websocket(head.fields):
                 raise invalid("upstream-invalid-response", "101 without Upgrade: websocket")
         except BaseException:
             writer.close()
             raise
-        return Handshake(status, fields, reader, writer)
+        return Handshake(head, parser, reader, writer, self.read_timeout)
 
     def close(self) -> None:
         self.pool.close()
@@ -599,16 +637,20 @@ def _switches_to_websocket(headers: list[tuple[str, str]]) -> bool:
 
 
 class _HeadFields:
-    """httptools callbacks that keep the header fields of a response head."""
+    """httptools callbacks that keep the header fields of a response head (and see its end)."""
 
     def __init__(self) -> None:
         self.fields: list[tuple[str, str]] = []
+        self.complete = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.fields.append((name.decode("latin-1"), value.decode("latin-1")))
 
+    def on_message_complete(self) -> None:
+        self.complete = True
 
-async def _handshake_head(reader: asyncio.StreamReader, read_timeout: float) -> tuple[int, list[tuple[str, str]]]:
+
+async def _handshake_head(reader: asyncio.StreamReader, read_timeout: float) -> tuple[_HeadFields, httptools.HttpResponseParser]:
     """The answer's head, parsed by llhttp (and repaired) as every other response head."""
     try:
         raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), read_timeout)
@@ -626,7 +668,7 @@ async def _handshake_head(reader: asyncio.StreamReader, read_timeout: float) -> 
         pass  # a 101 ends the HTTP part of the connection
     except httptools.HttpParserError as failure:
         raise invalid("upstream-invalid-response", str(failure)) from None
-    return parser.get_status_code(), head.fields
+    return head, parser
 
 
 def _retrieve(task: asyncio.Future) -> None:
@@ -636,7 +678,7 @@ def _retrieve(task: asyncio.Future) -> None:
         task.exception()
 
 
-async def _send_body(conn: UpstreamConnection, body: AsyncIterator[bytes], chunked: bool) -> None:
+async def _send_body(conn: UpstreamConnection, body: AsyncIterator[bytes], chunked: bool, read_timeout: float) -> None:
     try:
         async for piece in body:
             if conn.closed:
@@ -644,7 +686,7 @@ async def _send_body(conn: UpstreamConnection, body: AsyncIterator[bytes], chunk
             if not piece:
                 continue
             conn.transport.write(chunk(piece) if chunked else piece)
-            await conn.drain()
+            await conn.drain(read_timeout)
         if chunked:
             conn.transport.write(LAST_CHUNK)
     except BaseException as error:

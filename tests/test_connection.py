@@ -26,6 +26,9 @@ class FakeTransport(asyncio.Transport):
     def write(self, data) -> None:
         self.written += data
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # everything written is "in the kernel" at once
+
     def is_closing(self) -> bool:
         return self.closed
 
@@ -56,8 +59,9 @@ class FakeHandler:
     def limits(self) -> Limits:
         return self._limits
 
-    def opened(self, conn: ClientConnection) -> None:
+    def opened(self, conn: ClientConnection) -> bool:
         self.open.add(conn)
+        return True
 
     def closed(self, conn: ClientConnection) -> None:
         self.open.discard(conn)

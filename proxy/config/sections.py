@@ -52,7 +52,7 @@ ADMIN_KEYS = ("listen",)
 LOG_KEYS = ("level", "format")
 LIMIT_KEYS = (
     "header_timeout", "keepalive_timeout", "max_request_line", "max_header_bytes", "max_headers",
-    "max_in_flight", "max_body_bytes", "request_buffer",
+    "max_in_flight", "max_body_bytes", "request_buffer", "body_timeout", "tunnel_idle_timeout", "max_connections",
 )
 ROUTE_KEYS = ("name", "hosts", "paths", "methods", "upstream", *POLICY_TABLES)
 DEFAULTS_KEYS = tuple(POLICY_TABLES)
@@ -220,6 +220,9 @@ def _limits(table: Table) -> Limits:
         max_in_flight=table.integer("max_in_flight", defaults.max_in_flight, minimum=1),
         max_body_bytes=table.integer("max_body_bytes", defaults.max_body_bytes, minimum=0),
         request_buffer=table.integer("request_buffer", defaults.request_buffer, minimum=0),
+        body_timeout=table.seconds("body_timeout", defaults.body_timeout),
+        tunnel_idle_timeout=table.seconds("tunnel_idle_timeout", defaults.tunnel_idle_timeout),
+        max_connections=table.integer("max_connections", defaults.max_connections, minimum=1),
     )
 
 
