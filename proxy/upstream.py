@@ -471,7 +471,7 @@ class Handshake:
 
     __slots__ = ("status", "headers", "reader", "writer", "_parsed", "_parser", "_read_timeout")
 
-    def __init__(self, head: "_HeadFields", parser: httptools.HttpResponseParser, reader: asyncio.StreamReader,
+    def __init__(self, head: _HeadFields, parser: httptools.HttpResponseParser, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, read_timeout: float) -> None:
         self.status, self.headers = parser.get_status_code(), head.fields
         self.reader, self.writer = reader, writer

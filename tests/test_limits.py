@@ -27,7 +27,7 @@ def closed_by_peer(sock: socket.socket, timeout: float = WAIT) -> bool:
                 return True
     except ConnectionResetError:
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
     return False
 
