@@ -19,6 +19,7 @@ from proxy.memo import MAX_KEY_CHARS, LruCache
 from proxy.model import Route, Upstream
 from proxy.plan import Answer, Tunnel, answer_response, plan
 from proxy.policy import Decision, apply_edits, decide, request_info, routing_method
+from proxy.reports import is_collector_path
 from proxy.shadow import shadow_decision
 from proxy.state import ServingState
 from proxy.tunnel import tunnel
@@ -37,7 +38,7 @@ _ANSWERS: LruCache[tuple[Decision, bytes, tuple[str, ...], tuple[str, ...]]] = L
 async def exchange(state: ServingState, conn: ClientConnection, head: RequestHead) -> bool:
     """Serve one request; True when the connection may carry another."""
     config = state.config
-    if config.reports is not None and head.path == config.reports.path:
+    if is_collector_path(config.reports, head.path):
         return await collect(state, conn, head)
     trusted = is_trusted(conn.peer_ip, config.proxy.trusted_proxies)
     scheme, host = conn.scheme, head.host

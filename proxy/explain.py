@@ -10,6 +10,15 @@ from proxy.http1 import BadRequest, RequestHead, head_end, parse_head, refusal
 from proxy.model import Config
 from proxy.plan import BODY_TOO_LARGE, NO_UPSTREAM, Answer, Tunnel, answer_response, plan
 from proxy.policy import Decision, apply_edits, decide, request_info, routing_method
+from proxy.reports import (
+    CORS_ANSWER,
+    MAX_REPORTS,
+    CollectorAnswer,
+    answer_before_body,
+    collector_response,
+    field_value,
+    is_collector_path,
+)
 from proxy.routing import Router
 from proxy.shadow import shadow_decision
 
@@ -102,6 +111,8 @@ def explain(
     head = _parsed_head(method, target, headers, config)
     if isinstance(head, BadRequest):
         return _refused(method, url, None, head, "the request head")
+    if is_collector_path(config.reports, head.path):
+        return _collected(config, method, url, head)
     info = request_info(head.method, head.headers, parts.scheme, head.host)
     router = Router(config)
     shown = head.normal_path if head.normal_path != head.path else None
@@ -154,6 +165,28 @@ def _parsed_head(method: str, target: str, headers: list[tuple[str, str]], confi
         return parse_head(raw, config.limits)
     except BadRequest as refused:
         return refused
+
+
+def _collected(config: Config, method: str, url: str, head: RequestHead) -> Explanation:
+    """A request to the report collector: answered by coxp, before routing, never forwarded."""
+    settings = config.reports
+    assert settings is not None
+    early = answer_before_body(head.method, field_value(head.headers, "content-type"), head.content_length,
+                               settings.max_body_bytes)
+    where = "coxp's report collector ([reports]); never forwarded, no route policy applies"
+    if early is None:
+        answer = CollectorAnswer(204, "", CORS_ANSWER)
+        note = (f"204 answered by {where}; that is, when the body holds valid reports: malformed JSON or "
+                f"the wrong shape is 400, over {settings.max_body_bytes} bytes or {MAX_REPORTS} reports 413")
+    else:
+        answer = early
+        note = f"{answer.status} answered by {where}"
+    headers, body = collector_response(answer)
+    return Explanation(
+        route=None, method=method, url=url, normalised_path=None, origin=field_value(head.headers, "origin"), cors=None,
+        reason=answer.reason.split(":", 1)[0] or None, answered_by_proxy=True, status=answer.status,
+        body=body.decode(), headers=headers, headers_set=[], headers_removed=[], note=note,
+    )
 
 
 def _refused(method: str, url: str, normalised: str | None, refused: BadRequest, why: str) -> Explanation:

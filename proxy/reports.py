@@ -8,14 +8,17 @@ Two wire formats reach a collector:
 - the legacy CSP `report-uri` (CSP level 2 §7.1): `application/csp-report` (some senders use
   `application/json`), one object `{"csp-report": {...}}` with hyphenated keys.
 
-`parse_reports` validates a whole body before anything is logged: a body that is not what its
-type promises is refused as a whole, so a malformed batch never leaves half of itself in the log.
+`answer_before_body` judges a request by its head alone; `parse_reports` validates a whole body
+before anything is logged: a body that is not what its type promises is refused as a whole, so
+a malformed batch never leaves half of itself in the log.
 """
 from __future__ import annotations
 
 from typing import Any, Final, NamedTuple
 
 import orjson
+
+from proxy.http1 import text_body
 
 REPORTS_JSON: Final = "application/reports+json"
 LEGACY_TYPES: Final = frozenset({"application/csp-report", "application/json"})
@@ -34,6 +37,72 @@ KNOWN_TYPES: Final = frozenset({
     "permissions-policy-violation", "document-policy-violation", "network-error",
     "integrity-violation",
 })
+
+
+ALLOW: Final = "POST, OPTIONS"
+# Browsers deliver reports from any page, cross-origin included (Reporting API §3.3: the upload
+# is a CORS request, preflighted since its type is not CORS-safelisted), without credentials;
+# so any origin may post, and no cookie is ever involved.
+CORS_ANSWER: Final = (("Access-Control-Allow-Origin", "*"),)
+PREFLIGHT_ANSWER: Final = CORS_ANSWER + (
+    ("Access-Control-Allow-Methods", ALLOW),
+    ("Access-Control-Allow-Headers", "Content-Type"),
+    ("Access-Control-Max-Age", "86400"),
+    ("Allow", ALLOW),
+)
+
+
+class CollectorAnswer(NamedTuple):
+    """What the collector answers before reading a body: `reason` is the one-line text body
+    (empty for the 204), `headers` those of the answer besides the body's."""
+
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...]
+
+
+def answer_before_body(method: str, content_type: str | None, content_length: int | None,
+                       max_body_bytes: int) -> CollectorAnswer | None:
+    """The collector's answer to a request it can judge by its head alone: an `OPTIONS`
+    (preflight or not), another method than `POST`, a type that is no report type, a
+    `Content-Length` over the limit. None: read the body, then `parse_reports` decides."""
+    if method == "OPTIONS":
+        return CollectorAnswer(204, "", PREFLIGHT_ANSWER)
+    if method != "POST":
+        return CollectorAnswer(405, f"method-not-allowed: the report collector takes {ALLOW}",
+                               CORS_ANSWER + (("Allow", ALLOW),))
+    try:
+        check_media_type(media_type(content_type))
+    except ReportRefused as refused:
+        return CollectorAnswer(refused.status, refused.reason, CORS_ANSWER)
+    if content_length is not None and content_length > max_body_bytes:
+        return CollectorAnswer(413, too_large(max_body_bytes), CORS_ANSWER)
+    return None
+
+
+def is_collector_path(settings: Any, path: str) -> bool:
+    """Whether a request path (raw, without the query) is the collector's; `settings` is the
+    config's `reports` (None: no collector)."""
+    return settings is not None and path == settings.path
+
+
+def field_value(headers: list[tuple[str, str]], lower_name: str) -> str | None:
+    """The first value of a request header (names compared case-insensitively)."""
+    for name, value in headers:
+        if name.lower() == lower_name:
+            return value
+    return None
+
+
+def collector_response(answer: CollectorAnswer) -> tuple[list[tuple[str, str]], bytes]:
+    """The headers and body of a collector answer: a one-line text body naming the reason."""
+    body = text_body(answer.reason)
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))] if body else []
+    return headers + list(answer.headers), body
+
+
+def too_large(max_body_bytes: int) -> str:
+    return f"body-too-large: over {max_body_bytes} bytes"
 
 
 class ReportRefused(Exception):

@@ -231,3 +231,27 @@ def test_custom_path_and_limit(coxp, query_upstream):
     response = post(proxy, small)
     assert response.status == 200 and response.event is None
     proxy.wait_event("request", path="/.coxp/reports")
+
+
+@pytest.mark.parametrize("args, status, reason", [
+    (["-X", "OPTIONS", "-H", "Origin: https://any.test", "-H", "Access-Control-Request-Method: POST"], 204, None),
+    (["-X", "GET"], 405, "method-not-allowed"),
+    (["-X", "POST", "-H", "Content-Type: text/plain"], 415, "unsupported-media-type"),
+    (["-X", "POST", "-H", "Content-Type: application/reports+json", "-H", "Content-Length: 70000"], 413, "body-too-large"),
+    (["-X", "POST", "-H", "Content-Type: application/csp-report"], 204, None),
+])
+def test_explain_shows_the_collector_answer(tmp_path, args, status, reason):
+    from harness import run_cli
+
+    config = tmp_path / "c.toml"
+    config.write_text(CONFIG.replace("{upstream}", "http://127.0.0.1:9"))
+    result = run_cli("explain", "-c", str(config), "--json", *args, "http://any.host.test/.coxp/reports?q=1")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["status"], data["reason"], data["route"], data["answered_by_proxy"]) == (status, reason, None, True)
+    assert "report collector" in data["note"] and "never forwarded" in data["note"]
+    headers = dict(data["headers"])
+    assert headers["Access-Control-Allow-Origin"] == "*"
+    assert "Cross-Origin-Embedder-Policy" not in headers  # no route policy
+    if status == 405:
+        assert headers["Allow"] == "POST, OPTIONS"
