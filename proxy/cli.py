@@ -93,7 +93,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from proxy.logfile import LogReader, LogReadError
+    from proxy.logfile import LogReadError
     from proxy.summary import render_rich, render_text, summarize_events, summarize_log
 
     config = None
@@ -126,7 +126,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_learn(args: argparse.Namespace) -> int:
     from proxy.config import load_config_text
     from proxy.learn import LearnError, learn, observe
-    from proxy.logfile import LogReader, LogReadError
+    from proxy.logfile import LogReadError
 
     try:
         config = load_config(args.config)
@@ -142,6 +142,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
         print(f"coxp learn: {error}", file=sys.stderr)
         return 1
     _print_skipped("learn", reader)
+    if not observed:
+        notes.append("no cross-origin request in the log: every table is kept as it was")
     for note in config_notes + notes:
         print(f"coxp learn: {note}", file=sys.stderr)
     try:
@@ -156,6 +158,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
 def _print_skipped(command: str, reader: LogReader) -> None:
     if reader.skipped:
         print(f"coxp {command}: {reader.skipped} of {reader.lines} lines skipped (not JSON objects)", file=sys.stderr)
+    if reader.lines and reader.skipped == reader.lines:
+        print(f'coxp {command}: no line was JSON: the decision log must be written with [log] format = "json"',
+              file=sys.stderr)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:

@@ -204,3 +204,9 @@ def test_the_staging_example_config_end_to_end(tmp_path, query_upstream):
     keys = {(s["key"], s["change"]) for s in data["suggestions"]}
     assert ("routes[1].cors.shadow.allow_origins", f'add "{legacy}", or accept that it breaks') in keys
     assert any(key == "defaults.coep.policy" for key, _ in keys)
+
+
+def test_a_console_format_log_is_named_as_the_problem():
+    result = report(stdin="2026-12-01T05:00:00Z [info     ] request   route=api cors=allowed\n")
+    assert result.returncode == 0
+    assert "1 of 1 lines skipped" in result.stderr and 'format = "json"' in result.stderr
