@@ -93,7 +93,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from proxy.logfile import LogReadError
+    from proxy.logfile import LogReader, LogReadError
     from proxy.summary import render_rich, render_text, summarize_events, summarize_log
 
     config = None
@@ -126,7 +126,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_learn(args: argparse.Namespace) -> int:
     from proxy.config import load_config_text
     from proxy.learn import LearnError, learn, observe
-    from proxy.logfile import LogReadError
+    from proxy.logfile import LogReader, LogReadError
 
     try:
         config = load_config(args.config)
