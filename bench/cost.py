@@ -128,10 +128,11 @@ def instructions(src: Path, work: Path, name: str, origin_port: int, workload: s
         bench.PROCS.stop(p)
 
 
-def cpu_ticks(pid: int) -> int:
+def cpu_ticks(pid: int) -> tuple[int, int, int]:
+    """utime and stime of `pid` (clock ticks) and its minor page faults."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime, clock ticks
+    return int(fields[11]), int(fields[12]), int(fields[7])
 
 
 def cpu_per_request(port: int, pid: int, work: Path, workload: str, duration: int, connections: int) -> tuple:
@@ -139,10 +140,12 @@ def cpu_per_request(port: int, pid: int, work: Path, workload: str, duration: in
           "headers": dict([line.split(": ", 1) for line in request_bytes(workload, port).decode().split("\r\n")[2:] if line])}
     wrk = bench.Wrk(work, connections, 1)
     wrk.run(port, wl, 1)
-    before = cpu_ticks(pid)
+    user, system, faults = cpu_ticks(pid)
     res = wrk.run(port, wl, duration)
-    used = (cpu_ticks(pid) - before) / os.sysconf("SC_CLK_TCK")
-    return used / res["requests"] * 1e6, res["rps"]
+    user_after, system_after, faults_after = cpu_ticks(pid)
+    per_request = 1e6 / os.sysconf("SC_CLK_TCK") / res["requests"]
+    return ((user_after - user + system_after - system) * per_request, res["rps"],
+            (system_after - system) * per_request, (faults_after - faults) / res["requests"])
 
 
 def export(rev: str, root: Path) -> Path:
@@ -198,8 +201,9 @@ def main() -> int:
                         extra = ""
                     else:
                         p, port = natives[label]
-                        value, rps = cpu_per_request(port, p.pid, work, workload, args.duration, args.connections)
-                        extra = f" ({rps:,.0f} req/s)"
+                        value, rps, kernel, faults = cpu_per_request(port, p.pid, work, workload, args.duration,
+                                                                     args.connections)
+                        extra = f" (of which kernel {kernel:,.1f}; {faults:,.1f} page faults; {rps:,.0f} req/s)"
                     results.setdefault((workload, label), []).append(value)
                     unit = "instructions" if args.mode == "instructions" else "CPU µs"
                     print(f"round {rnd + 1} {workload:9s} {label:30s} {value:12,.1f} {unit}/request{extra}",

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Final, NamedTuple
 
 from proxy.cookies import cookie_rewrite
-from proxy.memo import MAX_KEY_CHARS
+from proxy.memo import MAX_KEY_CHARS, LruCache
 from proxy.model import (
     CompiledCors,
     CompiledPolicies,
@@ -431,6 +431,17 @@ def _preflight(route: Route, compiled: CompiledPolicies, c: CompiledCors, info: 
 # Step 3: apply
 
 
+# Upstream responses of one route repeat a handful of header-name lists, and what the edits do
+# to a response depends on its names only, unless a value is read (a Vary to merge into, a value
+# edit's header): the outcome for a names list is remembered as a plan, keyed by the identity of
+# the edits (`decide` remembers those; each entry holds its edits, so the identity stays theirs)
+# and the names as received.
+# (edits, indices of the headers kept, headers added, set_names, removed_names)
+_Plan = tuple[tuple[PolicyEdit, ...], tuple[int, ...], tuple[Header, ...], tuple[str, ...], tuple[str, ...]]
+_PLANS: LruCache[_Plan] = LruCache(1024)
+MAX_PLAN_HEADERS: Final = 48
+
+
 def apply_edits(edits: tuple[PolicyEdit, ...], headers: list[Header], own_origin: str | None = None) -> EditResult:
     """Apply the edits to `headers` (not modified); the one place where headers change.
 
@@ -443,6 +454,23 @@ def apply_edits(edits: tuple[PolicyEdit, ...], headers: list[Header], own_origin
     duplicates (RFC 9110 §12.5.5). Names in `set_names`/`removed_names` are lower-case; a
     replaced header is in both, a header whose value was rewritten only in `set_names`.
     """
+    names = tuple([name for name, _ in headers])
+    key = (id(edits), names)
+    plan = _PLANS.get(key)
+    if plan is not None and plan[0] is edits:
+        _, keep, added, set_names, removed = plan
+        return EditResult([headers[i] for i in keep] + list(added), list(set_names), list(removed))
+    result, keep = _apply_edits(edits, headers, own_origin)
+    if keep is not None and len(names) <= MAX_PLAN_HEADERS and sum(map(len, names)) <= MAX_KEY_CHARS:
+        added = tuple(result.headers[len(keep):])
+        _PLANS.put(key, (edits, tuple(keep), added, tuple(result.set_names), tuple(result.removed_names)))
+    return result
+
+
+def _apply_edits(edits: tuple[PolicyEdit, ...], headers: list[Header], own_origin: str | None
+                 ) -> tuple[EditResult, list[int] | None]:
+    """`apply_edits`, and the indices of the headers kept unchanged, in order, when nothing but
+    the names decided the result (None when a value was read)."""
     present: set[str] | None = None
     active: list[PolicyEdit] = []
     for edit in edits:
@@ -456,7 +484,7 @@ def apply_edits(edits: tuple[PolicyEdit, ...], headers: list[Header], own_origin
                 continue
         active.append(edit)
     if not active:
-        return EditResult(list(headers), [], [])
+        return EditResult(list(headers), [], []), list(range(len(headers)))
 
     value_edits = [edit for edit in active if edit.rewrite is not None]
     owned: frozenset[str] = frozenset().union(*[edit.owned for edit in active if edit.rewrite is None])
@@ -466,7 +494,8 @@ def apply_edits(edits: tuple[PolicyEdit, ...], headers: list[Header], own_origin
     removed: list[str] = []
     set_names: list[str] = []
     vary_at: list[int] = []
-    for header in headers:
+    keep: list[int] | None = []
+    for i, header in enumerate(headers):
         lower = header[0].lower()
         if lower in owned or (prefixes and lower.startswith(prefixes)):
             if lower not in removed:
@@ -474,8 +503,12 @@ def apply_edits(edits: tuple[PolicyEdit, ...], headers: list[Header], own_origin
             continue
         if lower == "vary":
             vary_at.append(len(out))
+            keep = None
         elif lower in rewritten:
             header = _rewritten(header, lower, value_edits, own_origin, set_names)
+            keep = None
+        elif keep is not None:
+            keep.append(i)
         out.append(header)
 
     tokens: list[str] = []
@@ -490,7 +523,7 @@ def apply_edits(edits: tuple[PolicyEdit, ...], headers: list[Header], own_origin
         tokens.extend(edit.vary)
     if tokens and _merge_vary(out, vary_at, tokens):
         set_names.append("vary")
-    return EditResult(out, set_names, removed)
+    return EditResult(out, set_names, removed), keep
 
 
 def _rewritten(header: Header, lower: str, value_edits: list[PolicyEdit], own_origin: str | None,
