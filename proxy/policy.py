@@ -458,8 +458,8 @@ def apply_edits(edits: tuple[PolicyEdit, ...], headers: list[Header], own_origin
     key = (id(edits), names)
     plan = _PLANS.get(key)
     if plan is not None and plan[0] is edits:
-        _, keep, added, set_names, removed = plan
-        return EditResult([headers[i] for i in keep] + list(added), list(set_names), list(removed))
+        _, kept, added, set_names, removed = plan
+        return EditResult([headers[i] for i in kept] + list(added), list(set_names), list(removed))
     result, keep = _apply_edits(edits, headers, own_origin)
     if keep is not None and len(names) <= MAX_PLAN_HEADERS and sum(map(len, names)) <= MAX_KEY_CHARS:
         added = tuple(result.headers[len(keep):])
