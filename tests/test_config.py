@@ -607,7 +607,7 @@ def test_summary_is_one_line_per_route_then_default():
 
 KEYS = sorted({
     *sections_module.TOP_KEYS, *sections_module.PROXY_KEYS, *sections_module.LOG_KEYS, *sections_module.LIMIT_KEYS,
-    *sections_module.ROUTE_KEYS, *cors_module.CORS_KEYS, *(key for table in policies_module.HEADER_TABLES for key in table.keys),
+    *sections_module.ROUTE_OWN_KEYS, *policies_module.table_names(), *cors_module.CORS_KEYS, *(key for table in policies_module.HEADER_TABLES for key in table.keys),
     "endpoints", "x-a",
 })
 STRINGS = st.sampled_from([
@@ -623,7 +623,7 @@ VALUES = st.recursive(
 TREES = st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=6)
 ROUTE_TREES = st.fixed_dictionaries({
     "routes": st.lists(st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=6), max_size=3),
-    "defaults": st.dictionaries(st.sampled_from(sorted(policies_module.POLICY_TABLES)), st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=5), max_size=3),
+    "defaults": st.dictionaries(st.sampled_from(policies_module.table_names()), st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=5), max_size=3),
 })
 
 
@@ -731,3 +731,44 @@ def test_a_route_owning_cors_while_default_passes_it_is_warned_about(text):
 ])
 def test_no_warning_when_default_is_decided_or_unreachable(text):
     assert not [w for w in load(text).warnings if f": {DEFAULT_PASSES}: " in w]
+
+
+# --------------------------------------------------------------------------------------------
+# The header-table registry: a new policy header is one entry
+
+
+def test_a_new_policy_header_is_one_registry_entry(monkeypatch):
+    """`X-Content-Type-Options` added as one `HeaderTable`: its table is accepted in routes and
+    [defaults], validated, inherited, written by the policy engine (removing the upstream's),
+    and summarised by `coxp check` — no other edit."""
+    from proxy.policy import apply_edits, decide, request_info
+
+    nosniff = policies_module.HeaderTable("xcto", "X-Content-Type-Options", ("nosniff",), "nosniff")
+    tables = (*policies_module.HEADER_TABLES, nosniff)
+    monkeypatch.setattr(policies_module, "HEADER_TABLES", tables)
+    monkeypatch.setattr(policies_module, "HEADER_POLICY_TABLES", policies_module.header_policy_tables(tables))
+
+    config = load(UPSTREAM + """
+        [defaults.xcto]
+        policy = "nosniff"
+        [[routes]]
+        name = "inherits"
+        paths = ["/a/*"]
+        [[routes]]
+        name = "opted-out"
+        [routes.xcto]
+        mode = "remove"
+    """)
+    inherits, opted_out = config.routes
+    assert inherits.policies.header_policy("xcto") is config.default_route.policies.header_policy("xcto")
+
+    def response(route, upstream):
+        decision = decide(route, request_info("GET", [], "https", "proxy.test"))
+        return apply_edits(decision.edits, upstream).headers
+
+    assert response(inherits, [("X-Content-Type-Options", "other")]) == [("X-Content-Type-Options", "nosniff")]
+    assert response(opted_out, [("X-Content-Type-Options", "other")]) == []
+    assert summarize(config)[0].endswith("xcto=set(nosniff)")
+    assert problems(UPSTREAM + '[defaults.xcto]\npolicy = "sniff"\n') == [
+        ("defaults.xcto.policy", '"sniff" is not one of: nosniff')]
+    assert problems(UPSTREAM + "[defaults.xcto]\nreport_to = \"x\"\n")[0][0] == "defaults.xcto.report_to"

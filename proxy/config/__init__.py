@@ -6,7 +6,7 @@ precompute header values, so the request path never looks at raw configuration.
 
 The package, bottom to top: `reading` (TOML, the problem report, typed reads under a key path),
 `values` (one configured string to one value), `cors` and `policies` (the policy tables and
-their one registry, `policies.POLICY_TABLES`), `sections` (`[proxy]`, `[admin]`, `[log]`,
+their one registry, `policies.HEADER_TABLES`), `sections` (`[proxy]`, `[admin]`, `[log]`,
 `[limits]`, `[[routes]]` and the whole file), `summary` (`coxp check`).
 """
 from __future__ import annotations

@@ -3,22 +3,25 @@
 A header table that writes one response header whose value is one of a few keywords (CORP,
 COOP, COEP; tomorrow `Origin-Agent-Cluster` or `X-Content-Type-Options`) is one `HeaderTable`
 entry in `HEADER_TABLES`: its keys, its validation, its compiled `HeaderPolicy`, its place in
-the route keys, its inheritance from `[defaults]` and its `coxp check` summary all follow from
-that entry. The README's configuration reference documents each table.
+the route keys, its inheritance from `[defaults]`, the header edit the policy engine makes and
+its `coxp check` summary all follow from that entry (tests/test_config.py adds one to show it).
+The README's configuration reference documents each table.
 """
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from proxy.config.cookies import COOKIE_KEYS, cookie_policy
 from proxy.config.cors import CORS_KEYS, SETTING_MODES, cors_policy, table_mode
 from proxy.config.reading import Table, describe, is_extension, join_key, quoted
 from proxy.config.values import is_loopback_url, parse_report_url, parse_sf_key
 from proxy.errors import ConfigProblem
-from proxy.model import CookiePolicy, CorsPolicy, Header, HeaderPolicy, Mode, Policies
+from proxy.model import Header, HeaderPolicy, Mode, Policies
+
+P = TypeVar("P")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,32 +62,31 @@ REPORTING_KEYS = ("mode", "endpoints")
 
 
 def compile_policies_table(parent: Table, inherited: Policies, inherited_effective: dict[str, Any]) -> Policies:
-    """The tables of `parent` (a route or [defaults]); a missing table is inherited whole."""
-    cors: CorsPolicy | None = inherited.cors
-    cookies: CookiePolicy | None = inherited.cookies
-    header_policies: list[HeaderPolicy] = []
-    for name, (known, compile_table) in POLICY_TABLES.items():
-        table = parent.subtable(name, known)
-        compiled: CorsPolicy | HeaderPolicy | CookiePolicy | None
-        if table is None:
-            if name == "cors":
-                compiled = inherited.cors
-            elif name == "cookies":
-                compiled = inherited.cookies
-            else:
-                compiled = inherited.header_policy(name)
-            if name in inherited_effective:
-                parent.effective[name] = inherited_effective[name]
-        else:
-            compiled = compile_table(table)
-        if isinstance(compiled, HeaderPolicy):
-            header_policies.append(compiled)
-        elif name == "cors":
-            cors = compiled  # type: ignore[assignment]
-        elif name == "cookies":
-            cookies = compiled  # type: ignore[assignment]
+    """The tables of `parent` (a route or [defaults]), in registry order; a missing table is
+    inherited whole."""
+    def own_or_inherited(name: str, keys: tuple[str, ...], compile_table: Callable[[Table], P | None],
+                         inherited_policy: P | None) -> P | None:
+        table = parent.subtable(name, keys)
+        if table is not None:
+            return compile_table(table)
+        if name in inherited_effective:
+            parent.effective[name] = inherited_effective[name]
+        return inherited_policy
+
+    cors = own_or_inherited("cors", CORS_KEYS, cors_policy, inherited.cors)
+    header_policies = []
+    for name, entry in HEADER_POLICY_TABLES.items():
+        policy = own_or_inherited(name, entry.keys, entry.compile, inherited.header_policy(name))
+        if policy is not None:
+            header_policies.append(policy)
+    cookies = own_or_inherited("cookies", COOKIE_KEYS, cookie_policy, inherited.cookies)
     _warn_unknown_report_to(parent)
     return Policies(cors=cors, header_policies=tuple(header_policies), cookies=cookies)
+
+
+def table_names() -> tuple[str, ...]:
+    """Every policy table a route or `[defaults]` may have, in the order they are compiled."""
+    return ("cors", *HEADER_POLICY_TABLES, "cookies")
 
 
 def _warn_unknown_report_to(parent: Table) -> None:
@@ -170,16 +172,20 @@ def _reporting_endpoints(table: Table, required: bool) -> dict[str, str]:
     return result
 
 
-class PolicyTable(NamedTuple):
+class HeaderPolicyTable(NamedTuple):
     keys: tuple[str, ...]
-    compile: Callable[[Table], CorsPolicy | HeaderPolicy | CookiePolicy | None]
+    compile: Callable[[Table], HeaderPolicy | None]
 
 
-# Every policy table, in the order their headers are written on a response.
-POLICY_TABLES: dict[str, PolicyTable] = {
-    "cors": PolicyTable(CORS_KEYS, cors_policy),
-    **{spec.name: PolicyTable(spec.keys, functools.partial(_header_table_policy, spec=spec)) for spec in HEADER_TABLES},
-    "reporting": PolicyTable(REPORTING_KEYS, _reporting_policy),
-    # Not a header of its own: edits the upstream's Set-Cookie lines (`proxy.cookies`).
-    "cookies": PolicyTable(COOKIE_KEYS, cookie_policy),
-}
+def header_policy_tables(tables: tuple[HeaderTable, ...]) -> dict[str, HeaderPolicyTable]:
+    """The tables that own response headers, in the order their headers are written: the
+    keyword tables of `tables`, then Reporting-Endpoints."""
+    return {
+        **{spec.name: HeaderPolicyTable(spec.keys, functools.partial(_header_table_policy, spec=spec)) for spec in tables},
+        "reporting": HeaderPolicyTable(REPORTING_KEYS, _reporting_policy),
+    }
+
+
+# The registry. CORS comes first and `[cookies]` (edits of the upstream's Set-Cookie lines,
+# `proxy.cookies`) last; each has its own compiler.
+HEADER_POLICY_TABLES: dict[str, HeaderPolicyTable] = header_policy_tables(HEADER_TABLES)

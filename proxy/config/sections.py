@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from proxy.config.cors import SETTING_MODES
-from proxy.config.policies import POLICY_TABLES, compile_policies_table
+from proxy.config.policies import compile_policies_table, table_names
 from proxy.config.reading import Report, Table, describe, quoted
 from proxy.config.values import (
     parse_collector_path,
@@ -54,8 +54,7 @@ LIMIT_KEYS = (
     "header_timeout", "keepalive_timeout", "max_request_line", "max_header_bytes", "max_headers",
     "max_in_flight", "max_body_bytes", "request_buffer", "body_timeout", "tunnel_idle_timeout", "max_connections",
 )
-ROUTE_KEYS = ("name", "hosts", "paths", "methods", "upstream", *POLICY_TABLES)
-DEFAULTS_KEYS = tuple(POLICY_TABLES)
+ROUTE_OWN_KEYS = ("name", "hosts", "paths", "methods", "upstream")  # besides its policy tables
 
 REPORTS_KEYS = ("path", "max_body_bytes")
 # A report body is read whole into memory: a generous bound on what `max_body_bytes` may allow.
@@ -80,7 +79,8 @@ def compile_config(report: Report, data: dict[str, Any], source: str, base_dir: 
     limits = _limits(limits_table)
     reports_table = root.subtable("reports", REPORTS_KEYS)
     reports = _reports_settings(reports_table) if reports_table is not None else None
-    defaults_table = root.subtable("defaults", DEFAULTS_KEYS) or Table(report, "defaults", {}, DEFAULTS_KEYS)
+    defaults_keys = table_names()
+    defaults_table = root.subtable("defaults", defaults_keys) or Table(report, "defaults", {}, defaults_keys)
     defaults = compile_policies_table(defaults_table, Policies(), {})
     routes, route_effective = _routes(root, defaults, defaults_table.effective, proxy)
     _require_upstream(proxy_table, routes)
@@ -284,7 +284,7 @@ def _routes(root: Table, defaults: Policies, defaults_effective: dict[str, Any],
         if not isinstance(item, dict):
             root.error(f"routes[{index}]", f"expected a table ([[routes]]), got {describe(item)}")
             continue
-        table = Table(root.report, f"routes[{index}]", item, ROUTE_KEYS)
+        table = Table(root.report, f"routes[{index}]", item, (*ROUTE_OWN_KEYS, *table_names()))
         route = _route(table, seen, index, defaults, defaults_effective, proxy)
         routes.append(route)
         effective.append(table.effective)
