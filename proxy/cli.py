@@ -1,4 +1,4 @@
-"""The `coxp` command line: run, check, explain, report, learn, dev, init, demo."""
+"""The `coxp` command line: run, check, health, explain, report, learn, dev, init, demo."""
 from __future__ import annotations
 
 import argparse
@@ -65,6 +65,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     for line in summarize(config):
         print(line)
     return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from proxy.probe import admin_endpoint, probe
+
+    target = "/readyz" if args.ready else "/healthz"
+    try:
+        endpoint = admin_endpoint(args.config)
+        status, text = probe(endpoint, target)
+    except (ValueError, OSError) as error:
+        print(f"coxp health: {error}", file=sys.stderr)
+        return 1
+    print(f"{target} on {endpoint}: {status} {text}")
+    return 0 if status == 200 else 1
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -206,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", required=True, metavar="FILE",
                        help="the TOML config to validate (every problem is listed; exit 2 on errors)")
     check.set_defaults(func=cmd_check)
+
+    health = commands.add_parser("health", help="exit 0 when the running coxp's admin /healthz (or /readyz) says 200")
+    health.add_argument("-c", "--config", required=True, metavar="FILE", help="the config whose [admin] listen to ask")
+    health.add_argument("--ready", action="store_true", help="ask /readyz instead of /healthz")
+    health.set_defaults(func=cmd_health)
 
     explain = commands.add_parser("explain", help="dry-run one request through the decision code")
     explain.add_argument("-c", "--config", required=True, metavar="FILE", help="the TOML config to decide with")

@@ -4,9 +4,12 @@ The directory holding the file is watched, not the file: editors save by writing
 renaming it over the old one, and Kubernetes updates a ConfigMap volume by writing a new
 timestamped directory and renaming a `..data` symlink over the old one (the config file is a
 symlink through `..data`). Either way the inode that was watched is replaced, and a watch on
-the file itself would go quiet after the first change. Any event in the directory re-reads the
-file (through its symlinks) and reloads when its bytes differ from the last seen: no reload
-for an unrelated file, a `touch`, or the removal of an old ConfigMap generation.
+the file alone would go quiet after the first change. The file is watched too: a file
+bind-mounted into a container and edited in place from outside changes without any event in
+the container's directory (inotify reports a change to a directory's watch only when it is made
+through that directory). Any event re-reads the file (through its symlinks) and reloads when its
+bytes differ from the last seen: no reload for an unrelated file, a `touch`, or the removal of
+an old ConfigMap generation.
 """
 from __future__ import annotations
 
@@ -48,7 +51,8 @@ class ConfigWatch:
 
     async def follow(self, stop: asyncio.Event) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
-        async for _changes in awatch(directory, watch_filter=None, recursive=False, step=SETTLE_MS, stop_event=stop):
+        async for _changes in awatch(directory, self.path, watch_filter=None, recursive=False, step=SETTLE_MS,
+                                     stop_event=stop):
             self.check()
 
 

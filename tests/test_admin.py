@@ -231,3 +231,25 @@ def test_upstream_errors_are_counted_by_route_and_reason(coxp, query_upstream):
     assert proxy.request("GET", "/api/x").status == 502
     text = http_request(admin_port, "GET", "/metrics", host="a.test").body.decode()
     assert samples(text, "coxp_upstream_errors_total") == {(("reason", "upstream-unreachable"), ("route", "api")): 1.0}
+
+
+def test_coxp_health_asks_the_admin_listener_the_config_names(coxp, query_upstream, tmp_path):
+    """The container's HEALTHCHECK command: 0 when /healthz (or /readyz) says 200, else 1 and why."""
+    from harness import free_port, run_cli
+
+    admin_port = free_port()
+    proxy = coxp(CONFIG.replace("{upstream}", query_upstream.url).replace("{admin}", str(admin_port)))
+    healthy = run_cli("health", "-c", str(proxy.config_path))
+    assert healthy.returncode == 0 and healthy.stdout == f"/healthz on 127.0.0.1:{admin_port}: 200 ok\n"
+    assert run_cli("health", "--ready", "-c", str(proxy.config_path)).stdout.startswith("/readyz on ")
+    # An invalid edit does not make a serving proxy unhealthy: only [admin] listen is read.
+    proxy.config_path.write_text(proxy.config_path.read_text().replace('["PUT"]', '["P T"]'))
+    assert run_cli("health", "-c", str(proxy.config_path)).returncode == 0
+    proxy.stop()
+    down = run_cli("health", "-c", str(proxy.config_path))
+    assert down.returncode == 1 and down.stderr.startswith("coxp health: ") and down.stderr.count("\n") == 1
+
+    no_admin = tmp_path / "no-admin.toml"
+    no_admin.write_text('[proxy]\nupstream = "http://127.0.0.1:9"\n')
+    result = run_cli("health", "-c", str(no_admin))
+    assert result.returncode == 1 and "no [admin] listen" in result.stderr
