@@ -93,6 +93,11 @@ def counted(text: str, name: str) -> float:
                if line.startswith(name + "{") or line.startswith(name + " "))
 
 
+def errors_of(stderr: str) -> list[str]:
+    """The lines of stderr that are not config warnings (the test config draws one)."""
+    return [line for line in stderr.splitlines() if ": warning: " not in line]
+
+
 def test_metrics_sum_over_every_worker(coxp, query_upstream):
     proxy = coxp(CONFIG.format(listen="127.0.0.1:0", upstream=query_upstream.url) + ADMIN)
     proxy.wait_event("listening", start=1)
@@ -143,8 +148,8 @@ def test_a_second_proxy_on_a_port_in_use_exits_1(coxp, query_upstream, tmp_path,
                              .replace("workers = 2", f"workers = {second_workers}"))
     result = run_cli("run", "-c", str(second_config))
     assert result.returncode == 1
-    assert result.stderr.count("\n") == 1 and "address already in use" in result.stderr.lower(), result.stderr
-    assert taken in result.stderr
+    [error] = errors_of(result.stderr)
+    assert "address already in use" in error.lower() and taken in error
     assert result.stdout == ""  # no worker started
     statuses = {http_request(first.port, "GET", "/api/x", host="a.test").status for _ in range(10)}
     assert statuses == {200}  # the first one still serves alone
@@ -159,4 +164,6 @@ def test_an_admin_port_in_use_exits_1(coxp, query_upstream, tmp_path, workers):
                              .replace("workers = 2", f"workers = {workers}")
                              + ADMIN.replace("127.0.0.1:0", f"127.0.0.1:{admin_port(first)}"))
     result = run_cli("run", "-c", str(second_config))
-    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "admin" in result.stderr, result.stderr
+    assert result.returncode == 1
+    [error] = errors_of(result.stderr)
+    assert "cannot serve admin on" in error and "address already in use" in error.lower()
