@@ -114,8 +114,9 @@ def learn(text: str, config: Config, observed: dict[str, Observed]) -> tuple[str
         if name != config.default_route.name and name not in names:
             notes.append(f'route "{name}" is in the log but not in the config; its traffic is ignored')
 
+    tables = list(routes) if isinstance(routes, AoT) else []
     for i, name in enumerate(names):
-        entry = routes[i]  # type: ignore[index]
+        entry = tables[i]
         seen = observed.get(name)
         if "cors" in entry:
             if seen is not None:
@@ -128,8 +129,8 @@ def learn(text: str, config: Config, observed: dict[str, Observed]) -> tuple[str
             entry["cors"] = tomlkit.item(original_defaults_cors)
 
     seen_default = observed.get(config.default_route.name)
-    if seen_default is not None and defaults_cors is not None:
-        defaults["cors"] = _tightened(defaults_cors, seen_default, "defaults.cors", notes)  # type: ignore[index]
+    if seen_default is not None and defaults_cors is not None and isinstance(defaults, (Table, InlineTable)):
+        defaults["cors"] = _tightened(defaults_cors, seen_default, "defaults.cors", notes)
     return HEADER + tomlkit.dumps(doc), notes
 
 

@@ -37,10 +37,13 @@ import functools
 import ipaddress
 import json
 import re
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from proxy.model import OriginMatcher
 from proxy.standards import DEFAULT_PORTS, is_loopback_host
+
+if TYPE_CHECKING:
+    from publicsuffixlist import PublicSuffixList
 
 __all__ = [
     "ALLOWED_SCHEMES",
@@ -376,7 +379,7 @@ def _normalize_host(q: str, host: str, wildcard: bool, notes: list[str]) -> str:
 
 
 @functools.cache
-def _suffix_lists():  # type: ignore[no-untyped-def]
+def _suffix_lists() -> tuple[PublicSuffixList, PublicSuffixList]:
     """The bundled Public Suffix List (no network), loaded on first use: ICANN only, and all."""
     from publicsuffixlist import PublicSuffixList
 
@@ -399,7 +402,7 @@ def site_of(host: str) -> str:
 
 
 @functools.cache
-def _site_list():  # type: ignore[no-untyped-def]
+def _site_list() -> PublicSuffixList:
     """The Public Suffix List as browsers apply it: an unknown TLD is a suffix (the implicit `*`
     rule), so `a.example.test` and `b.example.test` are one site."""
     from publicsuffixlist import PublicSuffixList

@@ -532,8 +532,8 @@ def _rewritten(header: Header, lower: str, value_edits: list[PolicyEdit], own_or
     value changed."""
     value = header[1]
     for edit in value_edits:
-        if lower in edit.owned:
-            new = edit.rewrite(lower, value, own_origin)  # type: ignore[misc]
+        if lower in edit.owned and edit.rewrite is not None:
+            new = edit.rewrite(lower, value, own_origin)
             if new is not None:
                 value = new
     if value == header[1]:
