@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import Coxp, exchange, request_bytes, toml_table, unique
+from harness import Coxp, exchange, request_bytes, toml_table, unique, websocket_echo, websocket_handshake
 
 ADMIN_ORIGIN = "https://admin.example.test"
 EVIL_ORIGIN = "https://evil.example"
@@ -248,3 +248,30 @@ def test_with_forwarded_headers_off_no_forwarding_header_is_added_or_removed(cox
     seen = forwarded_headers(proxy, query_upstream, FROM_PROXIES + x_forwarded + UNDERSCORED)
     assert [h for h in seen if h[0].lower() in names(FROM_PROXIES + x_forwarded)] == FROM_PROXIES + x_forwarded
     assert not any("_" in n for n, _ in seen)  # independent of forwarded_headers
+
+
+def test_a_preflight_is_routed_on_both_views_too(proxy, query_upstream):
+    marker = unique()
+    raw = request_bytes("OPTIONS", f"/api/..%2fadmin/x?{marker}",
+                        [("Origin", EVIL_ORIGIN), ("Access-Control-Request-Method", "PUT")])
+    refused(proxy, query_upstream, raw, marker, 400, "ambiguous-path")
+
+
+def test_a_websocket_handshake_gets_the_same_header_hygiene(proxy, query_upstream):
+    marker = unique()
+    status, _, sock = websocket_handshake(proxy.port, f"/public/ws?{marker}", FROM_PROXIES + UNDERSCORED,
+                                          host="example.test")
+    with sock:
+        assert status == 101
+        assert websocket_echo(sock, "hi") == "echo hi"
+    [seen] = query_upstream.saw(marker)
+    assert names(seen.headers).isdisjoint(names(FROM_PROXIES + UNDERSCORED))
+    assert seen.value("upgrade") == "websocket"
+
+
+def test_a_websocket_handshake_on_an_ambiguous_path_is_refused(proxy, query_upstream):
+    marker = unique()
+    raw = request_bytes("GET", f"//admin/ws?{marker}", [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                                                         ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                                                         ("Sec-WebSocket-Version", "13"), ("Origin", EVIL_ORIGIN)])
+    refused(proxy, query_upstream, raw, marker, 400, "ambiguous-path")
