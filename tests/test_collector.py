@@ -255,3 +255,20 @@ def test_explain_shows_the_collector_answer(tmp_path, args, status, reason):
     assert "Cross-Origin-Embedder-Policy" not in headers  # no route policy
     if status == 405:
         assert headers["Allow"] == "POST, OPTIONS"
+
+
+def test_expect_100_continue_as_curl_sends_larger_reports(collector):
+    """curl asks `Expect: 100-continue` for bodies over 1 KiB and waits for the interim answer."""
+    mark = collector.mark()
+    body = json.dumps([COEP_REPORT] * 10).encode()
+    assert len(body) > 1024
+    with socket.create_connection(collector.address, timeout=10) as sock:
+        sock.sendall(request_bytes("POST", "/.coxp/reports", [
+            ("Content-Type", "application/reports+json"), ("Content-Length", str(len(body))),
+            ("Expect", "100-continue")]))
+        reader = Reader(sock)
+        interim = reader.head()
+        assert interim.status == 100
+        sock.sendall(body)
+        assert reader.response("POST").status == 204
+    reports_after(collector, mark, 10)
