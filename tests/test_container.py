@@ -201,6 +201,13 @@ def test_the_process_runs_as_the_unprivileged_user(container):
     assert "coxp run -c /etc/coxp/coxp.toml --watch" in container.exec("cat", "/proc/1/cmdline").stdout.replace("\0", " ")
 
 
+def test_the_image_has_uvloop_and_no_build_tools(container):
+    assert container.exec("python3", "-c", "import uvloop, proxy.config").returncode == 0
+    assert container.exec("test", "-e", "/opt/coxp/bin/pip", check=False).returncode != 0
+    tools = container.exec("sh", "-c", "command -v gcc cc c++ make || true").stdout
+    assert tools == ""
+
+
 def test_the_healthcheck_command_succeeds(container, image):
     configured = json.loads(podman("image", "inspect", "--format", "{{json .Config.Healthcheck}}", image).stdout)
     assert configured["Test"][1:] == ["coxp", "health", "-c", "/etc/coxp/coxp.toml"]
