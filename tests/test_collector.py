@@ -272,3 +272,19 @@ def test_expect_100_continue_as_curl_sends_larger_reports(collector):
         sock.sendall(body)
         assert reader.response("POST").status == 204
     reports_after(collector, mark, 10)
+
+
+def test_check_warns_when_reports_go_to_the_collector_path_without_a_collector(tmp_path):
+    from harness import run_cli
+
+    config = tmp_path / "c.toml"
+    with_collector = CONFIG.replace("{upstream}", "http://127.0.0.1:9") + (
+        '[routes.reporting]\nendpoints = { default = "/.coxp/reports", other = "/r" }\n')
+    config.write_text(with_collector)
+    assert "reporting.endpoints" not in run_cli("check", "-c", str(config)).stderr
+    config.write_text(with_collector.replace("[reports]\n", ""))
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode == 0
+    warnings = [line for line in result.stderr.splitlines() if "reporting.endpoints" in line]
+    assert len(warnings) == 1 and "routes[0].reporting.endpoints.default: warning:" in warnings[0]
+    assert "add [reports]" in warnings[0]

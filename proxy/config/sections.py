@@ -14,7 +14,7 @@ from typing import Any
 
 from proxy.config.cors import SETTING_MODES
 from proxy.config.policies import compile_policies_table, table_names
-from proxy.config.reading import Report, Table, describe, quoted
+from proxy.config.reading import Report, Table, describe, join_key, quoted
 from proxy.config.values import (
     parse_collector_path,
     parse_endpoint,
@@ -25,6 +25,7 @@ from proxy.config.values import (
     parse_upstream,
     path_glob_warning,
 )
+from proxy.errors import ConfigProblem
 from proxy.model import (
     AdminSettings,
     Config,
@@ -85,6 +86,8 @@ def compile_config(report: Report, data: dict[str, Any], source: str, base_dir: 
     routes, route_effective = _routes(root, defaults, defaults_table.effective, proxy)
     _require_upstream(proxy_table, routes)
     _warn_default_route_passes_cors(defaults_table, routes)
+    if reports is None:
+        _warn_unserved_collector(report, data)
     default_route = Route(name="default", policies=defaults,
                           compiled=compile_policies(defaults, _redirects_from(proxy, proxy.upstream)),
                           upstream=proxy.upstream, shadow=_shadow_route("default", defaults))
@@ -103,6 +106,26 @@ def compile_config(report: Report, data: dict[str, Any], source: str, base_dir: 
         default_route=default_route, warnings=tuple(w.render_warning(source) for w in report.warnings),
         effective=effective, reports=reports,
     )
+
+
+def _warn_unserved_collector(report: Report, data: dict[str, Any]) -> None:
+    """A Reporting-Endpoints URL naming the collector's default path while `[reports]` is absent
+    sends every report to the upstream, which has nothing there: a warning naming the fix."""
+    path = ReportsSettings().path
+    tables = [("defaults", data.get("defaults"))]
+    routes = data.get("routes")
+    if isinstance(routes, list):
+        tables += [(f"routes[{i}]", route) for i, route in enumerate(routes)]
+    for key, table in tables:
+        reporting = table.get("reporting") if isinstance(table, dict) else None
+        endpoints = reporting.get("endpoints") if isinstance(reporting, dict) else None
+        for name, url in (endpoints.items() if isinstance(endpoints, dict) else ()):
+            if url == path:
+                report.warnings.append(ConfigProblem(
+                    join_key(f"{key}.reporting.endpoints", str(name)),
+                    f"{quoted(url)} is the report collector's path, but [reports] is absent: browsers' reports "
+                    "would be forwarded to the upstream; add [reports]",
+                ))
 
 
 def _reports_settings(table: Table) -> ReportsSettings:
