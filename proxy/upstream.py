@@ -193,8 +193,10 @@ class UpstreamConnection(asyncio.Protocol):
         An upstream may answer before it has read the whole body (a `413` to an upload) and
         then close or reset. If a body write fails before that answer was read, the transport
         closes its descriptor at once; the answer is still in the kernel's receive queue, and
-        this one reads it (nginx loses it: "broken pipe while sending request to upstream")."""
-        if self._spare is None and self.transport is not None:
+        this one reads it (nginx loses it: "broken pipe while sending request to upstream").
+        Plain TCP only: behind TLS the queued bytes are records only the closed TLS layer could
+        decrypt."""
+        if self._spare is None and self.transport is not None and self.key[0] == "http":
             sock = self.transport.get_extra_info("socket")
             if sock is not None:
                 self._spare = socket.socket(fileno=os.dup(sock.fileno()))
