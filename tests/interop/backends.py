@@ -1,10 +1,10 @@
 """Real origin servers for the interop tests, each started as our own process on a free port
-and stopped at the end: Apache 2.4 (static files + CGI, a generated config, not the system
-service), Python's http.server on HTTP/1.0, gunicorn (WSGI) and a Node `http` server.
+and stopped at the end: Apache 2.4 and lighttpd (static files + CGI, generated configs, not the
+system services), Python's http.server on HTTP/1.0, gunicorn (WSGI) and a Node `http` server.
 
-The Python origins and Apache's CGI program share `servers/endpoints.py`; the Node server
-implements the same paths. `Backend.path(endpoint, **query)` maps an endpoint to the server's own
-URL path (Apache serves sizes, gzip and redirects from static files and mod_alias).
+The Python origins and the web servers' CGI program share `servers/endpoints.py`; the Node
+server implements the same paths. `Backend.path(endpoint, **query)` maps an endpoint to the
+server's own URL path (the web servers serve sizes, gzip and redirects themselves).
 """
 from __future__ import annotations
 
@@ -138,33 +138,23 @@ AddOutputFilterByType DEFLATE text/plain
 """
 
 
-class Apache(Backend):
-    """apache2 (prefork + mod_cgi) run in the foreground with a generated config; static files
-    for sizes, 304 and mod_deflate's gzip, mod_alias for a redirect, the CGI program for the rest."""
+class WebServer(Backend):
+    """A classic web server: static files for sizes, 304 and gzip (its own compression), a
+    configured redirect at /old, and the CGI program for the rest."""
 
-    name = "apache"
-    reads_chunked = False  # mod_cgi passes a chunked body without CONTENT_LENGTH: the program reads none
-
-    def command(self) -> list[str]:
-        self.dir.chmod(0o755)  # the children run as nobody when we are root
+    def site(self) -> None:
+        """htdocs/static and cgi-bin under `self.dir`, readable by an unprivileged worker."""
+        self.dir.chmod(0o755)
         static = self.dir / "htdocs" / "static"
         static.mkdir(parents=True)
         for size in SIZES:
             (static / f"size-{size}.bin").write_bytes(ENDPOINTS.pattern(size))
         (static / "target.txt").write_text("redirected here\n")
-        (static / "text.txt").write_text("compressed by mod_deflate " * 4000)
+        (static / "text.txt").write_text("compressed by the server " * 4000)
         shutil.copytree(SERVERS / "cgi-bin", self.dir / "cgi-bin")
         shutil.copy(SERVERS / "endpoints.py", self.dir / "endpoints.py")
-        (self.dir / "mime.types").write_text("")
         for path in self.dir.rglob("*"):
             path.chmod(0o755 if path.is_dir() or path.suffix == ".cgi" else 0o644)
-        modules = "\n".join(f"LoadModule {name}_module {APACHE_MODULES}/mod_{file}.so" for name, file in (
-            ("mpm_prefork", "mpm_prefork"), ("authz_core", "authz_core"), ("mime", "mime"), ("alias", "alias"),
-            ("cgi", "cgi"), ("filter", "filter"), ("deflate", "deflate")))
-        user = "User nobody\nGroup nogroup" if os.geteuid() == 0 else ""
-        config = self.dir / "httpd.conf"
-        config.write_text(APACHE_CONFIG.format(dir=self.dir, port=self.port, modules=modules, user=user))
-        return ["/usr/sbin/apache2", "-f", str(config), "-DFOREGROUND"]
 
     def path(self, endpoint: str, **query: object) -> str:
         if endpoint == "size":
@@ -176,4 +166,54 @@ class Apache(Backend):
         return "/cgi-bin/endpoint.cgi" + super().path(endpoint, **query)
 
 
-BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (Apache, Http10, Gunicorn, Node)}
+class Apache(WebServer):
+    """apache2 (prefork + mod_cgi) run in the foreground with a generated config: mod_deflate
+    compresses, mod_alias redirects."""
+
+    name = "apache"
+    reads_chunked = False  # mod_cgi passes a chunked body without CONTENT_LENGTH: the program reads none
+
+    def command(self) -> list[str]:
+        self.site()  # the children run as nobody when we are root
+        (self.dir / "mime.types").write_text("")
+        modules = "\n".join(f"LoadModule {name}_module {APACHE_MODULES}/mod_{file}.so" for name, file in (
+            ("mpm_prefork", "mpm_prefork"), ("authz_core", "authz_core"), ("mime", "mime"), ("alias", "alias"),
+            ("cgi", "cgi"), ("filter", "filter"), ("deflate", "deflate")))
+        user = "User nobody\nGroup nogroup" if os.geteuid() == 0 else ""
+        config = self.dir / "httpd.conf"
+        config.write_text(APACHE_CONFIG.format(dir=self.dir, port=self.port, modules=modules, user=user))
+        return ["/usr/sbin/apache2", "-f", str(config), "-DFOREGROUND"]
+
+
+LIGHTTPD_CONFIG = """\
+server.document-root = "{dir}/htdocs"
+server.bind = "127.0.0.1"
+server.port = {port}
+server.errorlog = "{dir}/error.log"
+server.modules += ("mod_alias", "mod_redirect", "mod_cgi", "mod_deflate")
+mimetype.assign = (".txt" => "text/plain", ".bin" => "application/octet-stream")
+alias.url = ("/cgi-bin/" => "{dir}/cgi-bin/")
+$HTTP["url"] =~ "^/cgi-bin/" {{
+    cgi.assign = (".cgi" => "")
+}}
+url.redirect = ("^/old$" => "http://${{url.authority}}/static/target.txt")
+url.redirect-code = 302
+deflate.mimetypes = ("text/plain")
+deflate.allowed-encodings = ("gzip")
+"""
+
+
+class Lighttpd(WebServer):
+    """lighttpd in the foreground with a generated config: mod_deflate compresses, mod_redirect
+    redirects; it reads a chunked body whole before starting the CGI program."""
+
+    name = "lighttpd"
+
+    def command(self) -> list[str]:
+        self.site()
+        config = self.dir / "lighttpd.conf"
+        config.write_text(LIGHTTPD_CONFIG.format(dir=self.dir, port=self.port))
+        return ["/usr/sbin/lighttpd", "-D", "-f", str(config)]
+
+
+BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (Apache, Lighttpd, Http10, Gunicorn, Node)}
