@@ -484,7 +484,11 @@ class Handshake:
         its framing headers), up to the end of that message: the connection is not kept after it."""
         while not self._parsed.complete:
             try:
-                data = await asyncio.wait_for(self.reader.read(64 * 1024), self._read_timeout)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
+                # that arrives as the read completes (CPython gh-86296), and a client that left
+                # would then wait out read_timeout.
+                async with asyncio.timeout(self._read_timeout):
+                    data = await self.reader.read(64 * 1024)
             except TimeoutError:
                 raise UpstreamFailure(504, "upstream-read-timeout", f"no body bytes within {self._read_timeout} s") from None
             if not data:
@@ -655,7 +659,8 @@ class _HeadFields:
 async def _handshake_head(reader: asyncio.StreamReader, read_timeout: float) -> tuple[_HeadFields, httptools.HttpResponseParser]:
     """The answer's head, parsed by llhttp (and repaired) as every other response head."""
     try:
-        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), read_timeout)
+        async with asyncio.timeout(read_timeout):  # not wait_for: see Handshake.refused_body
+            raw = await reader.readuntil(b"\r\n\r\n")
     except TimeoutError:
         raise response_timeout(read_timeout) from None
     except asyncio.LimitOverrunError:
