@@ -27,11 +27,18 @@ from proxy.reports import (
 )
 from proxy.state import ServingState
 
+OVERLOADED = CollectorAnswer(503, "overloaded: too many requests in flight",
+                             CORS_ANSWER + (("Retry-After", "1"),))
+
 
 async def collect(state: ServingState, conn: ClientConnection, head: RequestHead) -> bool:
     """Serve one request to the collector path; True when the connection may carry another."""
     settings = state.config.reports
     assert settings is not None
+    if not state.admit():
+        # Under overload reports are the first thing to shed; browsers retry later.
+        _log_rejected(state, conn, head, OVERLOADED.status, OVERLOADED.reason)
+        return _respond(conn, head, OVERLOADED, body_read=False, closes=True)
     content_type = field_value(head.headers, "content-type")
     early = answer_before_body(head.method, content_type, head.content_length, settings.max_body_bytes)
     if early is not None:  # judged by the head: the body, if any, is left unread
@@ -78,11 +85,12 @@ def _refuse(state: ServingState, conn: ClientConnection, head: RequestHead, stat
     return _respond(conn, head, CollectorAnswer(status, reason, CORS_ANSWER), body_read)
 
 
-def _respond(conn: ClientConnection, head: RequestHead, answer: CollectorAnswer, body_read: bool) -> bool:
+def _respond(conn: ClientConnection, head: RequestHead, answer: CollectorAnswer, body_read: bool,
+             closes: bool = False) -> bool:
     """Write the answer; the connection stays open only when no unread body is left on it
-    (unread bytes would be parsed as the next request)."""
+    (unread bytes would be parsed as the next request) and the answer does not close it."""
     headers, body = collector_response(answer)
-    keep_alive = head.keep_alive and (body_read or not head.has_body) and conn.body_complete
+    keep_alive = not closes and head.keep_alive and (body_read or not head.has_body) and conn.body_complete
     if not keep_alive:
         headers.append(("Connection", "close"))
     conn.write(serialize_head(answer.status, headers) + body)

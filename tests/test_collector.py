@@ -288,3 +288,22 @@ def test_check_warns_when_reports_go_to_the_collector_path_without_a_collector(t
     warnings = [line for line in result.stderr.splitlines() if "reporting.endpoints" in line]
     assert len(warnings) == 1 and "routes[0].reporting.endpoints.default: warning:" in warnings[0]
     assert "add [reports]" in warnings[0]
+
+
+def test_reports_are_shed_first_under_overload(coxp, upstream, loop):
+    from test_server import Gate
+
+    from harness import config_text, get
+
+    gate = Gate(loop)
+    upstream.handler = gate.handler
+    proxy = coxp(config_text(upstream.url, limits={"max_in_flight": 1}, extra="[reports]\n"))
+    with proxy.connect() as held:
+        held.sendall(request_bytes("GET", "/held"))
+        upstream.wait_seen()
+        response = post(proxy, json.dumps([COEP_REPORT]).encode())
+        assert (response.status, response.value("retry-after"), response.value("connection")) == (503, "1", "close")
+        gate.open()
+        assert Reader(held).response().body == b"released"
+    assert post(proxy, json.dumps([COEP_REPORT]).encode()).status == 204  # the slot is free again
+    assert get(proxy, "/after").status == 200
