@@ -23,10 +23,6 @@ class MalformedEscape(ValueError):
     """A `%` in the path that does not start a `%XX` escape."""
 
 
-def has_malformed_escape(path: str) -> bool:
-    return _BAD_ESCAPE.search(path) is not None
-
-
 def normalised_path(path: str) -> str:
     """The path as a decoding, normalising server reads it, in this order: every `%XX` decoded
     once (`%252f` becomes the text `%2f`, never `/`), `\\` read as `/` (IIS, Tomcat on Windows),
@@ -39,7 +35,7 @@ def normalised_path(path: str) -> str:
     if _MAY_CHANGE.search(path) is None:
         return path
     if "%" in path:
-        if has_malformed_escape(path):
+        if _BAD_ESCAPE.search(path) is not None:
             raise MalformedEscape(path)
         path = _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), path)
     path = path.replace("\\", "/")
