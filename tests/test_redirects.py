@@ -5,7 +5,7 @@ from urllib.parse import quote
 
 import pytest
 
-from harness import config_text, unique
+from harness import config_text, run_cli, unique
 from proxy.model import Upstream
 from proxy.redirects import rewrite_refresh, rewrite_url
 
@@ -121,3 +121,13 @@ def test_each_route_compares_with_its_own_upstream(coxp_pool, query_upstream):
     assert (response.event["route"], response.value("location")) == ("other", by_number)
     response = proxy.request("GET", redirect_to(f"{other}/n"), host="proxy.test")
     assert response.value("location") == "http://proxy.test/n"
+
+
+def test_explain_shows_the_rewrite(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[proxy]\nupstream = "http://127.0.0.1:3000"\n')
+    result = run_cli("explain", "-c", str(path), "--upstream-header", "Location: http://127.0.0.1:3000/login?next=/a",
+                     "--upstream-header", "Refresh: 5; url=http://elsewhere.test/", "https://app.example.test/x")
+    assert result.returncode == 0, result.stderr
+    assert "  Location: https://app.example.test/login?next=/a" in result.stdout.splitlines()
+    assert "  Refresh: 5; url=http://elsewhere.test/" in result.stdout.splitlines()

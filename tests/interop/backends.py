@@ -49,9 +49,12 @@ class Backend:
         return f"/{endpoint}" + (f"?{urlencode(query)}" if query else "")
 
     def start(self) -> Backend:
+        command = self.command()
+        if shutil.which(command[0]) is None:
+            raise AssertionError(f"{command[0]} is not installed: `make sysdeps` installs the servers of .ci/apt-packages.txt")
         log = open(self.dir / "server.log", "wb")
         # A session of its own: Apache's prefork parent signals its whole process group on stop.
-        self.process = subprocess.Popen(self.command(), cwd=SERVERS, stdout=log, stderr=subprocess.STDOUT,
+        self.process = subprocess.Popen(command, cwd=SERVERS, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                                         start_new_session=True)
         log.close()
