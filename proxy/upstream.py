@@ -572,13 +572,16 @@ class UpstreamClient:
     ) -> UpstreamResponse:
         head_received = conn.start(head_only=method == "HEAD")
         writer = None
-        if body:
-            conn.keep_spare_descriptor()
         if isinstance(body, bytes):
             conn.transport.write(head + body)
+            # Written in one go, the request cannot fail a later write; only what the kernel did
+            # not take at once can (a 413 may be waiting by then).
+            if conn.transport.get_write_buffer_size():
+                conn.keep_spare_descriptor()
         else:
             conn.transport.write(head)
             if body is not None:
+                conn.keep_spare_descriptor()
                 writer = asyncio.ensure_future(_send_body(conn, body, chunked, self.read_timeout))
                 writer.add_done_callback(_retrieve)
         # read_timeout bounds the wait for the response head from the moment the request, body

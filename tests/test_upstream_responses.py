@@ -37,9 +37,7 @@ def upload(proxy, target: str, size: int = UPLOAD):
     def send_body() -> None:
         try:
             sock.sendall(head)
-            piece = b"u" * 65536
-            for _ in range(size // len(piece)):
-                sock.sendall(piece)
+            sock.sendall(b"u" * size)
         except OSError:
             pass
 
@@ -56,11 +54,12 @@ def open_descriptors(proxy) -> int:
     return len(os.listdir(f"/proc/{proxy.pid}/fd"))
 
 
-def test_a_final_response_sent_before_the_upload_was_read_is_relayed(coxp, raw_upstream):
+@pytest.mark.parametrize("size", [UPLOAD, 60_000], ids=["streamed", "from-the-request-buffer"])
+def test_a_final_response_sent_before_the_upload_was_read_is_relayed(coxp, raw_upstream, size):
     proxy = coxp(config_text(raw_upstream(refuse_upload_then_reset).url))
     before = open_descriptors(proxy)
     for attempt in range(20):
-        response = upload(proxy, f"/upload?attempt={attempt}")
+        response = upload(proxy, f"/upload?attempt={attempt}", size)
         assert (response.status, response.body) == (413, b"too large\n"), f"attempt {attempt}"
         event = proxy.wait_event("request", count=attempt + 1)
         assert (event["status"], event["upstream_status"]) == (413, 413)
