@@ -167,3 +167,47 @@ def test_an_admin_port_in_use_exits_1(coxp, query_upstream, tmp_path, workers):
     assert result.returncode == 1
     [error] = errors_of(result.stderr)
     assert "cannot serve admin on" in error and "address already in use" in error.lower()
+
+
+def test_in_flight_requests_count_across_workers_and_forget_a_dead_one(coxp, query_upstream):
+    import threading
+    import time
+
+    from harness import WAIT, Aborted, unique
+
+    proxy = coxp(CONFIG.format(listen="127.0.0.1:0", upstream=query_upstream.url) + ADMIN)
+    proxy.wait_event("listening", start=1)
+
+    def slow_requests(count: int) -> list[threading.Thread]:
+        markers = [unique() for _ in range(count)]
+
+        def send(marker: str) -> None:
+            try:
+                http_request(proxy.port, "GET", f"/api/slow?{marker}&sleep=2", host="a.test")
+            except (OSError, Aborted):
+                pass  # its worker was killed
+
+        threads = [threading.Thread(target=send, args=(m,)) for m in markers]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + WAIT
+        while not all(query_upstream.saw(m) for m in markers):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        return threads
+
+    threads = slow_requests(4)
+    assert counted(admin_get(proxy, "/metrics").body.decode(), "coxp_in_flight_requests") == 4
+    for thread in threads:
+        thread.join(WAIT)
+    assert counted(admin_get(proxy, "/metrics").body.decode(), "coxp_in_flight_requests") == 0
+
+    # A worker killed with requests in flight (8 connections: all on one worker 1 time in 128):
+    # its share of the gauge goes with it.
+    other = next(e["pid"] for e in proxy.events_named("listening") if e["admin"] is None)
+    threads = slow_requests(8)
+    os.kill(other, signal.SIGKILL)
+    proxy.wait_event("worker_died", pid=other)
+    for thread in threads:
+        thread.join(WAIT)
+    assert counted(admin_get(proxy, "/metrics").body.decode(), "coxp_in_flight_requests") == 0
