@@ -159,3 +159,52 @@ def test_every_set_cookie_of_a_response_is_edited_through_the_proxy(coxp, upstre
         "done=1; Secure; SameSite=None",
     ]
     assert response.event["headers_set"] == ["set-cookie"]
+
+
+# --- properties over arbitrary Set-Cookie values --------------------------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+POLICIES = st.builds(CookiePolicy, st.sampled_from([None, "None", "Lax", "Strict"]), st.booleans(), st.booleans(),
+                     st.booleans())
+ATTRIBUTE = st.one_of(
+    st.sampled_from(["Secure", "HttpOnly", "Partitioned", "SameSite=Lax", "samesite=none", "SameSite=Strict",
+                     "Domain=a.test", "domain=.b.test", "Path=/", "Max-Age=0", "Expires=Wed, 21 Oct 2037 07:28:00 GMT",
+                     "", " ", "Priority=High"]),
+    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters=";"), max_size=12),
+)
+VALUE = st.builds(lambda pair, attrs: ";".join([pair, *attrs]),
+                  st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters=";"), max_size=16),
+                  st.lists(ATTRIBUTE, max_size=6))
+
+
+def names(value: str) -> list[str]:
+    return [a.partition("=")[0].strip(" \t").lower() for a in value.split(";")[1:] if a.strip(" \t")]
+
+
+@given(POLICIES, VALUE)
+def test_any_cookie_edit_keeps_the_pair_and_is_stable(policy, value):
+    edited = edit_set_cookie(value, policy)
+    result = value if edited is None else edited
+    assert result.split(";")[0] == value.split(";")[0]  # name and value byte for byte
+    assert edit_set_cookie(result, policy) is None  # editing again changes nothing
+    attributes = names(result)
+    if policy.samesite:
+        assert attributes.count("samesite") == 1
+        assert f"SameSite={policy.samesite}" in [a.strip(" \t") for a in result.split(";")[1:]]
+    if policy.secure:
+        assert "secure" in attributes
+    if policy.partitioned:
+        assert "partitioned" in attributes
+    if policy.domain_strip:
+        assert "domain" not in attributes
+    # Every other attribute is kept as sent, in order; only Secure and Partitioned are added.
+    touched = {"samesite", "domain"} if policy.domain_strip else {"samesite"}
+
+    def others(text: str) -> list[str]:
+        kept = (a.strip(" \t") for a in text.split(";")[1:])
+        return [a for a in kept if a and a.partition("=")[0].strip(" \t").lower() not in touched]
+
+    before, after = others(value), others(result)
+    assert after[:len(before)] == before and set(after[len(before):]) <= {"Secure", "Partitioned"}

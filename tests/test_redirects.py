@@ -131,3 +131,30 @@ def test_explain_shows_the_rewrite(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "  Location: https://app.example.test/login?next=/a" in result.stdout.splitlines()
     assert "  Refresh: 5; url=http://elsewhere.test/" in result.stdout.splitlines()
+
+
+# --- properties -------------------------------------------------------------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+SCHEMES = st.sampled_from(["http", "https", "HTTP", "Https", "ftp", None])  # None: scheme-relative
+HOSTS = st.sampled_from(["backend.internal", "BACKEND.internal", "backend.internal.", "other.test", "[::1]", "127.0.0.1"])
+PORTS = st.sampled_from([None, "", "80", "443", "8080", "08080"])
+RESTS = st.sampled_from(["", "/", "/a/b?c=1#f", "?q", "#frag", "/x y"])
+
+
+@given(SCHEMES, HOSTS, PORTS, RESTS, st.sampled_from([PLAIN, TLS]))
+def test_a_url_is_rewritten_exactly_when_it_names_the_upstream(scheme, host, port, rest, upstream):
+    url = ("" if scheme is None else f"{scheme}:") + "//" + host + ("" if port is None else f":{port}") + rest
+    effective_scheme = (scheme or upstream.scheme).lower()
+    default = {"http": 80, "https": 443}.get(effective_scheme)
+    same = (effective_scheme == upstream.scheme and host.lower() == upstream.host
+            and (int(port) if port else default) == upstream.port)
+    rewritten = rewrite_url(url, upstream, OWN)
+    if not same:
+        assert rewritten is None
+    elif scheme is None:
+        assert rewritten == "//app.example.test:8443" + rest
+    else:
+        assert rewritten == OWN + rest
