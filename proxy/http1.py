@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from http import HTTPStatus
 
+from proxy.memo import LruCache
 from proxy.model import Limits
 from proxy.paths import MalformedEscape, normalised_path
 from proxy.standards import OWS, QUOTED_STRING_BYTES, TOKEN, TOKEN_BYTES_RE
@@ -72,8 +73,11 @@ class BadRequest(Exception):
         self.headers = headers  # extra response headers the refusal carries (`Allow` on a 405)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class RequestHead:
+    """A parsed request head; frozen (and its `headers` list never modified) because one object
+    serves every request that sent the same bytes (see `parse_head`)."""
+
     method: str
     target: str  # raw, byte for byte as received
     path: str  # raw target without the query
@@ -118,6 +122,14 @@ def head_end(buffer: bytearray | bytes, limits: Limits) -> int:
     return end + 4
 
 
+# Clients repeat their heads byte for byte (a page's preflights, a poll, a keep-alive
+# connection's next GET), and a RequestHead depends on the bytes and the limits only: the heads
+# parsed lately are remembered (bounded, short heads only). A RequestHead is never modified after
+# parsing, so one object can serve every request that sent the same bytes.
+_HEADS: LruCache[tuple[Limits, RequestHead]] = LruCache(256)
+MAX_REMEMBERED_HEAD = 1024
+
+
 def parse_head(head: bytes, limits: Limits, *, fast_path: bool = True) -> RequestHead:
     """Parse a complete request head (request line up to and including the blank line).
 
@@ -125,6 +137,17 @@ def parse_head(head: bytes, limits: Limits, *, fast_path: bool = True) -> Reques
     the fault. `fast_path=False` reads every head line by line: the tests prove that both ways
     accept exactly the same heads with the same result.
     """
+    if not fast_path or len(head) > MAX_REMEMBERED_HEAD:
+        return _parse_head(head, limits, fast_path)
+    remembered = _HEADS.get(head)
+    if remembered is not None and remembered[0] is limits:
+        return remembered[1]
+    parsed = _parse_head(head, limits, fast_path)
+    _HEADS.put(head, (limits, parsed))  # only a head that parsed: a refused one raised
+    return parsed
+
+
+def _parse_head(head: bytes, limits: Limits, fast_path: bool) -> RequestHead:
     line_ends = head.count(b"\r\n")
     if head.count(b"\r") != line_ends or head.count(b"\n") != line_ends:
         raise BadRequest(400, "bare-cr-or-lf")

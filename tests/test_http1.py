@@ -1,6 +1,8 @@
 """The strict request-head parser and chunked decoder (`proxy.http1`), as tables and properties."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -355,3 +357,14 @@ def test_random_chunked_bodies_raise_nothing_but_bad_request(wire, step):
 def test_any_body_survives_chunked_encoding_and_decoding(chunks, step):
     wire = b"".join(b"%x\r\n%b\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
     assert decode([wire[i:i + step] for i in range(0, len(wire), step)]) == (b"".join(chunks), True, bytearray())
+
+
+def test_a_repeated_head_is_parsed_once_and_still_checked_against_new_limits():
+    raw = b"GET /a?b HTTP/1.1\r\nHost: example.test\r\nOrigin: https://app.test\r\n\r\n"
+    first = parse_head(raw, LIMITS)
+    assert parse_head(raw, LIMITS) is first
+    stricter = dataclasses.replace(LIMITS, max_headers=1)  # a reload with tighter limits
+    with pytest.raises(BadRequest) as refused:
+        parse_head(raw, stricter)
+    assert refused.value.status == 431
+    assert parse_head(raw + b"", LIMITS) is first
