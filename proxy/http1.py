@@ -177,6 +177,7 @@ def _parse_head(head: bytes, limits: Limits, fast_path: bool) -> RequestHead:
     length_values: list[str] = []
     codings: list[str] = []
     has_transfer_encoding = False
+    transfer_encoding_without_coding = False
     connection: set[str] = set()
     upgrades: list[str] = []
     expect = ""
@@ -188,7 +189,9 @@ def _parse_head(head: bytes, limits: Limits, fast_path: bool) -> RequestHead:
             length_values.extend(v.strip(OWS) for v in value.split(","))
         elif lower == "transfer-encoding":
             has_transfer_encoding = True
-            codings.extend(list_elements(value))  # `, chunked` is `chunked`
+            elements = list_elements(value)  # `, chunked` is `chunked`
+            transfer_encoding_without_coding |= not elements
+            codings.extend(elements)
         elif lower == "connection":
             connection.update(list_elements(value))
         elif lower == "upgrade":
@@ -209,8 +212,9 @@ def _parse_head(head: bytes, limits: Limits, fast_path: bool) -> RequestHead:
     content_length = _content_length(length_values)
     chunked = False
     if has_transfer_encoding:
-        if not codings:
-            # `Transfer-Encoding: ,` or empty: some servers read no framing, others chunked.
+        if transfer_encoding_without_coding:
+            # `Transfer-Encoding: ,` or empty, even beside a line naming `chunked`: some servers
+            # read no framing, others chunked, llhttp refuses it.
             raise BadRequest(400, "transfer-encoding-without-coding")
         if content_length is not None:
             raise BadRequest(400, "content-length-with-transfer-encoding")
