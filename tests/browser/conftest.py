@@ -514,6 +514,18 @@ def browser(tls):
             b.close()
 
 
+@pytest.fixture(scope="session")
+def launch_chromium(browser, tls):
+    """Factory: ``launch_chromium(*switches)`` starts another Chromium, with extra command-line
+    switches, through the session's Playwright (one sync Playwright per thread); close it after."""
+
+    def launch(*switches: str):
+        return browser.browser_type.launch(executable_path=CHROMIUM, headless=True,
+                                           args=[*chromium_args(tls), *switches], timeout=30_000)
+
+    return launch
+
+
 @pytest.fixture
 def context(browser):
     ctx = browser.new_context()

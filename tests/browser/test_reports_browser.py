@@ -10,13 +10,12 @@ image with the suggested fix.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
 import pytest
-from conftest import chromium_args, coxp_command, coxp_env
 
 from e2e_helpers import APP, IMG_JS, IMG_OTHER_SITE, PW_TIMEOUT_MS
+from harness import run_cli
 
 pytestmark = pytest.mark.browser
 
@@ -40,13 +39,9 @@ endpoints = { default = "/.coxp/reports" }
 
 
 @pytest.fixture
-def reporting_browser(browser, tls):
-    """A Chromium of its own (the session's has no short reporting delay), launched through the
-    session's Playwright: one sync Playwright per thread."""
-    from conftest import CHROMIUM
-
-    own = browser.browser_type.launch(executable_path=CHROMIUM, headless=True,
-                                      args=[*chromium_args(tls), SHORT_REPORTING_DELAY], timeout=30_000)
+def reporting_browser(launch_chromium):
+    """A Chromium of its own: the session's has no short reporting delay."""
+    own = launch_chromium(SHORT_REPORTING_DELAY)
     try:
         yield own
     finally:
@@ -100,8 +95,7 @@ def test_chromium_delivers_a_coep_report_to_the_collector(reporting_browser, pag
     assert proxy.stop() == 0
     log = tmp_path / "coxp.log"
     log.write_text("\n".join(proxy.raw_lines) + "\n")
-    summary = subprocess.run([*coxp_command(), "report", "--json", "-c", str(proxy.config_path), str(log)],
-                             capture_output=True, text=True, env=coxp_env(), timeout=30)
+    summary = run_cli("report", "--json", "-c", str(proxy.config_path), str(log))
     assert summary.returncode == 0, summary.stderr
     data = json.loads(summary.stdout)
     coep = next(r for r in data["reports"] if r["type"] == "coep" and r["blocked_url"] == image)
