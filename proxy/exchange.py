@@ -6,7 +6,8 @@ Every response, whether the proxy makes it or the upstream does, gets its policy
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from proxy import events
 from proxy.buffering import read_ahead
@@ -218,12 +219,15 @@ async def forward(
         response.close()
 
 
-async def _relay_body(conn: ClientConnection, chunks: AsyncIterator[bytes], chunked: bool) -> None:
-    async for data in chunks:
-        if not data:
-            continue
-        conn.write(chunk(data) if chunked else data)
-        await conn.drain()
+async def _relay_body(conn: ClientConnection, chunks: AsyncGenerator[bytes, None], chunked: bool) -> None:
+    # Closed however the relay ends (a client gone mid-body included), so the body's buffered
+    # pieces are let go at once rather than when the generator is collected.
+    async with contextlib.aclosing(chunks):
+        async for data in chunks:
+            if not data:
+                continue
+            conn.write(chunk(data) if chunked else data)
+            await conn.drain()
     if chunked:
         conn.write(LAST_CHUNK)
 

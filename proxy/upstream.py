@@ -20,7 +20,7 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import cast
 
 import httptools
@@ -310,7 +310,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
 
-    async def body(self, read_timeout: float) -> AsyncIterator[bytes]:
+    async def body(self, read_timeout: float) -> AsyncGenerator[bytes, None]:
         while True:
             if self._body:
                 data = self._body.popleft()
@@ -330,6 +330,11 @@ class UpstreamConnection(asyncio.Protocol):
             finally:
                 self._body_waiter = None
                 timer.cancel()
+
+    def drop_body(self) -> None:
+        """The exchange was abandoned: the body bytes held back are not wanted any more."""
+        self._body.clear()
+        self._buffered = 0
 
     def take_whole_body(self) -> bytes | None:
         if not self.complete or self.error is not None:
@@ -428,7 +433,7 @@ class UpstreamResponse:
         self._writer = writer  # still streaming the request body when the upstream answered early
         self._done = False
 
-    def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body as it arrives; UpstreamFailure when it breaks off or stalls `read_timeout`."""
         return self._conn.body(self._read_timeout)
 
@@ -455,6 +460,7 @@ class UpstreamResponse:
     def _abandon(self) -> None:
         if self._writer is not None:
             self._writer.cancel()
+        self._conn.drop_body()
         if self._conn.transport is not None:
             self._conn.transport.abort()
 
