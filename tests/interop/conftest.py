@@ -1,5 +1,5 @@
 """Fixtures of the interop tests: each real server is started once (on first use) with a coxp in
-front of it, and both are stopped at the end of the session."""
+front of it, and both are stopped when the module's tests are done."""
 from __future__ import annotations
 
 import pytest
@@ -18,7 +18,7 @@ class Pair:
         self.backend, self.proxy = backend, proxy
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def interop_pairs(tmp_path_factory):
     started: dict[str, Pair] = {}
 
