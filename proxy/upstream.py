@@ -702,7 +702,12 @@ async def _send_body(conn: UpstreamConnection, body: AsyncIterator[bytes], chunk
             if not piece:
                 continue
             conn.transport.write(chunk(piece) if chunked else piece)
-            await conn.drain(read_timeout)
+            try:
+                await conn.drain(read_timeout)
+            except TimeoutError:
+                stalled = f"the upstream read none of the body for {read_timeout} s"
+                conn._fail(UpstreamFailure(504, "upstream-write-timeout", stalled))
+                raise
         if chunked:
             conn.transport.write(LAST_CHUNK)
     except BaseException as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 import time
 
 import pytest
@@ -253,3 +254,32 @@ def test_beyond_max_connections_new_ones_are_closed_the_others_served_and_it_rec
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def test_an_upstream_that_stops_reading_the_body_is_504_after_read_timeout(coxp, raw_upstream):
+    finished, returned = threading.Event(), threading.Event()
+
+    async def read_nothing(reader, writer, head):
+        while not finished.is_set():  # never reads the body, never answers
+            await asyncio.sleep(0.05)
+        returned.set()
+
+    proxy = coxp(config_text(raw_upstream(read_nothing).url, {"read_timeout": 1.0}, limits={"request_buffer": 0}))
+    size = 64 * 1024 * 1024  # far more than the kernel's buffers between coxp and the upstream hold
+    with proxy.connect() as sock:
+        sock.sendall(request_bytes("POST", "/upload", [("Content-Length", str(size))]))
+
+        def upload() -> None:
+            try:
+                for _ in range(size // 65536):
+                    sock.sendall(b"u" * 65536)
+            except OSError:
+                pass  # coxp closed the connection after answering
+
+        sender = threading.Thread(target=upload, daemon=True)
+        sender.start()
+        response = Reader(sock).response()
+    finished.set()
+    assert returned.wait(WAIT)  # the upstream's handler is done before the test's loop may close
+    assert response.status == 504 and b"upstream-write-timeout" in response.body
+    assert proxy.wait_event("upstream_error")["reason"] == "upstream-write-timeout"
