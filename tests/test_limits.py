@@ -283,3 +283,22 @@ def test_an_upstream_that_stops_reading_the_body_is_504_after_read_timeout(coxp,
     assert returned.wait(WAIT)  # the upstream's handler is done before the test's loop may close
     assert response.status == 504 and b"upstream-write-timeout" in response.body
     assert proxy.wait_event("upstream_error")["reason"] == "upstream-write-timeout"
+
+
+def test_a_body_stalling_after_the_response_started_closes_both_connections(coxp, raw_upstream):
+    upstream_closed = threading.Event()
+
+    async def answer_early(reader, writer, head):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"r" * 10)
+        await writer.drain()
+        while await reader.read(65536):  # what coxp forwards of the body, until it gives up
+            pass
+        upstream_closed.set()
+
+    proxy = coxp(config_text(raw_upstream(answer_early).url, limits={"body_timeout": 0.5, "request_buffer": 0}))
+    with proxy.connect() as sock:
+        sock.sendall(request_bytes("POST", "/early", [("Content-Length", "100")]) + b"x" * 10)
+        assert Reader(sock).head().status == 200  # the response has started: no 408 can follow
+        assert closed_by_peer(sock)
+    assert upstream_closed.wait(WAIT), "the upstream request was not cancelled"
+    assert proxy.wait_event("request", path="/early")["status"] == 200
