@@ -759,3 +759,26 @@ def websocket_echo(sock: socket.socket, text: str) -> str:
     while len(data) < size:
         data += sock.recv(size - len(data))
     return data.decode()
+
+
+def upload_while_reading(sock: socket.socket, target: str, size: int, host: str | None = "example.test"):
+    """POST `size` bytes on `sock` from a thread (its send errors ignored: the server may stop
+    reading) while the response is read, as browsers and curl do; the response. Closes `sock`."""
+    head = request_bytes("POST", target, [("Content-Length", str(size))], host=host)
+
+    def send_body() -> None:
+        try:
+            sock.sendall(head)
+            piece = b"u" * 65536
+            for start in range(0, size, len(piece)):
+                sock.sendall(piece[: size - start])
+        except OSError:
+            pass
+
+    sender = threading.Thread(target=send_body, daemon=True)
+    sender.start()
+    try:
+        return Reader(sock).response("POST")
+    finally:
+        sock.close()
+        sender.join(10)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import threading
 
 import pytest
 
-from harness import Reader, answer_with, config_text, get, request_bytes, unique
+from harness import Reader, answer_with, config_text, get, request_bytes, unique, upload_while_reading
 
 UPLOAD = 8 * 1024 * 1024
 
@@ -28,28 +27,6 @@ async def refuse_upload_then_reset(reader, writer, head):
     reset(writer)
 
 
-def upload(proxy, target: str, size: int = UPLOAD):
-    """POST `size` bytes from a thread (its send errors ignored: the server may stop reading) while
-    the response is read, as browsers and curl do; the response."""
-    sock = proxy.connect()
-    head = request_bytes("POST", target, [("Content-Length", str(size))])
-
-    def send_body() -> None:
-        try:
-            sock.sendall(head)
-            sock.sendall(b"u" * size)
-        except OSError:
-            pass
-
-    sender = threading.Thread(target=send_body, daemon=True)
-    sender.start()
-    try:
-        return Reader(sock).response("POST")
-    finally:
-        sock.close()
-        sender.join(10)
-
-
 def open_descriptors(proxy) -> int:
     return len(os.listdir(f"/proc/{proxy.pid}/fd"))
 
@@ -59,7 +36,7 @@ def test_a_final_response_sent_before_the_upload_was_read_is_relayed(coxp, raw_u
     proxy = coxp(config_text(raw_upstream(refuse_upload_then_reset).url))
     before = open_descriptors(proxy)
     for attempt in range(20):
-        response = upload(proxy, f"/upload?attempt={attempt}", size)
+        response = upload_while_reading(proxy.connect(), f"/upload?attempt={attempt}", size)
         assert (response.status, response.body) == (413, b"too large\n"), f"attempt {attempt}"
         event = proxy.wait_event("request", count=attempt + 1)
         assert (event["status"], event["upstream_status"]) == (413, 413)

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import http.client
 import socket
-import threading
 
 import pytest
 
 from backends import SIZES, WebServer
-from harness import Reader, request_bytes
+from harness import upload_while_reading
 
 # Headers about the connection or the moment, not the resource: not compared.
 FRAMING = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "date"})
 POLICY_HEADER = ("cross-origin-resource-policy", "same-site")  # what the coxp in front sets
 REDIRECT_HEADERS = frozenset({"location", "content-location", "refresh"})
 TIMEOUT = 30.0
+EARLY_UPLOAD = 8 * 1024 * 1024  # far beyond what a server reads before it answers 413
 
 
 class Got:
@@ -145,33 +145,12 @@ def test_redirects_to_the_backend_are_pointed_at_coxp(pair):
     assert_same(expected, send(proxied, "GET", path), rewritten)
 
 
-def early_upload(address: tuple[str, int], target: str, size: int = 8 * 1024 * 1024):
-    """POST `size` bytes from a thread (send errors ignored: the server stops reading) while the
-    response is read, as browsers and curl do."""
-    sock = socket.create_connection(address, timeout=TIMEOUT)
-
-    def send_body() -> None:
-        try:
-            sock.sendall(request_bytes("POST", target, [("Content-Length", str(size))], host=f"{address[0]}:{address[1]}"))
-            piece = b"u" * 65536
-            for _ in range(size // len(piece)):
-                sock.sendall(piece)
-        except OSError:
-            pass
-
-    sender = threading.Thread(target=send_body, daemon=True)
-    sender.start()
-    try:
-        return Reader(sock).response("POST")
-    finally:
-        sock.close()
-        sender.join(TIMEOUT)
-
-
 def test_an_early_413_from_node_reaches_every_client(interop_pairs):
     pair = interop_pairs("node")
     for attempt in range(10):
-        direct = early_upload(("127.0.0.1", pair.backend.port), f"/limit?attempt={attempt}")
-        proxied = early_upload(pair.proxy.address, f"/limit?attempt={attempt}")
+        direct = upload_while_reading(socket.create_connection(("127.0.0.1", pair.backend.port), timeout=TIMEOUT),
+                                      f"/limit?attempt={attempt}", EARLY_UPLOAD, host=f"127.0.0.1:{pair.backend.port}")
+        proxied = upload_while_reading(socket.create_connection(pair.proxy.address, timeout=TIMEOUT),
+                                       f"/limit?attempt={attempt}", EARLY_UPLOAD, host="{}:{}".format(*pair.proxy.address))
         assert (direct.status, direct.body) == (413, b"too large\n")
         assert (proxied.status, proxied.body) == (413, b"too large\n"), f"attempt {attempt}"
