@@ -151,6 +151,7 @@ def demo_origin(settings: dict[str, str], log: DemoLog) -> web.Application:
     app.router.add_get("/demo.js", static("demo.js", "text/javascript"))
     app.router.add_get("/demo.css", static("demo.css", "text/css"))
     app.router.add_get("/assets/demo.css", static("demo.css", "text/css"))
+    app.router.add_get("/assets/images.js", static("images.js", "text/javascript"))
     app.router.add_get("/demo/log", read_log)
     for path in ("/logo.png", "/assets/logo.png", "/private-assets/logo.png"):
         app.router.add_get(path, logo)

@@ -34,18 +34,6 @@ async function waitFor(probe, ms) {
   }
 }
 
-function loadImage(panel, url) {
-  return new Promise((resolve) => {
-    const img = new Image();
-    img.alt = "";
-    img.title = url;
-    img.onload = () => resolve("loaded");
-    img.onerror = () => resolve("blocked");
-    img.src = url;
-    panel.querySelector(".visual").append(img);
-  });
-}
-
 // A frame that reports its result with postMessage ({panel, ...result}).
 function frameResult(panel, url, ms) {
   return new Promise((resolve) => {
@@ -187,8 +175,8 @@ const PANELS = [
     paths: ["/assets/logo.png", "/private-assets/logo.png"],
     tries: [["GET", "/private-assets/logo.png"]],
     async run(panel) {
-      const open = await loadImage(panel, `${S.proxy}/assets/logo.png?${fresh()}`);
-      const closed = await loadImage(panel, `${S.proxy}/private-assets/logo.png?${fresh()}`);
+      const open = await loadImage(`${S.proxy}/assets/logo.png?${fresh()}`, panel.querySelector(".visual"));
+      const closed = await loadImage(`${S.proxy}/private-assets/logo.png?${fresh()}`, panel.querySelector(".visual"));
       return {did: `/assets/ ${open}, /private-assets/ ${closed}`};
     },
   },
