@@ -26,6 +26,7 @@ import os
 import platform
 import pwd
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -219,6 +220,50 @@ def wait_quiet(max_wait: float, threshold: float = 0.10) -> float:
     while busy > threshold and time.monotonic() < deadline:
         busy = cpu_busy()
     return busy
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes (fields 14 and 15 of /proc/PID/stat), in seconds."""
+    ticks = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(all, idle) jiffies of all CPUs from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v[:8]), v[3] + v[4]
+
+
+class CpuAccount:
+    """Where the CPU went during one measured run: the target (the proxy with its workers), the
+    origin, wrk (our only waited-for child while it runs: RUSAGE_CHILDREN) and the machine as a
+    whole. This is what says whether a row was limited by the proxy's own cost per request or by
+    the CPUs left to it (the `workers = 2` row shares the 2 CPUs with wrk and the origin)."""
+
+    def __init__(self, target_pids: list[int], origin_pids: list[int]) -> None:
+        self.target_pids, self.origin_pids = target_pids, origin_pids
+        self.start = self._snap()
+
+    def _snap(self) -> tuple[float, float, float, tuple[int, int]]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (cpu_seconds(self.target_pids), cpu_seconds(self.origin_pids),
+                children.ru_utime + children.ru_stime, machine_jiffies())
+
+    def per_request(self, requests: int) -> dict:
+        end = self._snap()
+        n = max(1, requests)
+        (all0, idle0), (all1, idle1) = self.start[3], end[3]
+        busy = (all1 - all0 - (idle1 - idle0)) / max(1, all1 - all0) * (os.cpu_count() or 1)
+        return {"target_us": (end[0] - self.start[0]) / n * 1e6, "origin_us": (end[1] - self.start[1]) / n * 1e6,
+                "wrk_us": (end[2] - self.start[2]) / n * 1e6, "busy_cpus": busy}
 
 
 def loadavg() -> float:
@@ -599,7 +644,7 @@ def run(args, targets, workloads, notes, work: Path, cpu_srv, cpu_wrk) -> int:
     ports: dict[str, int] = {}
     pids: dict[str, subprocess.Popen] = {}
     origin_port = free_port()
-    p = start_nginx("origin", HERE / "nginx-origin.conf", work, origin_port, cpu_srv, ROOT=root)
+    origin = p = start_nginx("origin", HERE / "nginx-origin.conf", work, origin_port, cpu_srv, ROOT=root)
     if not wait_ready("origin", p, origin_port, work / "origin-error.log"):
         return 1
     coxp_cmd = shlex.split(args.coxp_cmd) if args.coxp_cmd else coxp_command()
@@ -706,7 +751,12 @@ def run(args, targets, workloads, notes, work: Path, cpu_srv, cpu_wrk) -> int:
                         wrk.run(ports[t], wl, args.warmup)
                     sample_rss()
                     la = wait_quiet(args.wait_quiet)
+                    origin_pids = descendants(origin.pid)
+                    # "direct" has no proxy: the origin is the target
+                    account = CpuAccount(descendants(pids[t].pid) if t in pids else origin_pids,
+                                         [] if t == "direct" else origin_pids)
                     res = wrk.run(ports[t], wl, args.duration)
+                    res["cpu"] = account.per_request(res["requests"])
                     sample_rss()
                     loading.update(target=None, workload=None)
                 except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
@@ -829,7 +879,7 @@ def big_body_rss(port: int, pid: int, cpu) -> dict:
             "peak_kib": peak[0], "after_kib": rss_kib(pid)}
 
 
-def targets_section(workloads, med, half, rss) -> list[str]:
+def targets_section(workloads, med, med_cpu, half, rss) -> list[str]:
     """Issue 16's targets as PASS/FAIL lines (`n/a` when a run needed for one is missing)."""
     lines: list[str] = []
 
@@ -858,8 +908,20 @@ def targets_section(workloads, med, half, rss) -> list[str]:
     if "small" in workloads:
         r = ratio_of("small", "coxp-w2", "coxp")
         others = ", ".join(f"{w} {show(ratio_of(w, 'coxp-w2', 'coxp'))}" for w in workloads if w != "small")
+        one, two = med_cpu("small", "coxp", "target_us"), med_cpu("small", "coxp-w2", "target_us")
+        why = ""
+        origin_one = med_cpu("small", "coxp", "origin_us")
+        origin_two, wrk_two = med_cpu("small", "coxp-w2", "origin_us"), med_cpu("small", "coxp-w2", "wrk_us")
+        if one and two and origin_one is not None and origin_two is not None and wrk_two is not None:
+            # One worker shares CPU 0 with the origin only; two workers share every CPU with the origin
+            # and wrk too, so the CPUs alone cap the ratio at ncpu * (coxp + origin) / (coxp + origin + wrk).
+            ceiling = (os.cpu_count() or 1) * (one + origin_one) / (two + origin_two + wrk_two)
+            why = (f"; coxp's CPU per request: {one:.0f} µs with 1 worker, {two:.0f} µs with 2 (summed over workers); "
+                   f"in the 2-worker runs wrk used {wrk_two:.0f} µs and the origin {origin_two:.0f} µs per request and "
+                   f"{med_cpu('small', 'coxp-w2', 'busy_cpus'):.2f} of {os.cpu_count()} CPUs were busy, so these "
+                   f"CPUs allow at most {ceiling:.2f}×")
         check("`workers = 2` ≥ 1.8× one worker (small GET req/s)", r, 1.8,
-              show(r) + (f" (other workloads: {others})" if others else ""))
+              show(r) + (f" (other workloads: {others})" if others else "") + why)
     if half:
         p99 = {t: statistics.median(r["p99_us"] for r in rs) for t, rs in half["res"].items()}
         d = (p99["coxp"] - p99["nginx"]) / 1000 if "coxp" in p99 and "nginx" in p99 else None
@@ -874,6 +936,10 @@ def targets_section(workloads, med, half, rss) -> list[str]:
 
 
 def render(args, targets, workloads, ports, results, med, half, rss, big, notes, verified) -> str:
+    def med_cpu(wname: str, t: str, key: str) -> float | None:
+        rs = [r["cpu"][key] for r in results.get((wname, t), []) if "cpu" in r]
+        return statistics.median(rs) if rs else None
+
     now = dt.datetime.now(dt.UTC)
     try:
         commit = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"],
@@ -906,7 +972,7 @@ def render(args, targets, workloads, ports, results, med, half, rss, big, notes,
     L.append(f"- fairness check: {fairness}")
     for n in notes:
         L.append(f"- note: {n}")
-    L += targets_section(workloads, med, half, rss)
+    L += targets_section(workloads, med, med_cpu, half, rss)
     order = [t for t in ALL_TARGETS if t in ports]
     for wname in workloads:
         wl = WORKLOADS[wname]
@@ -927,6 +993,21 @@ def render(args, targets, workloads, ports, results, med, half, rss, big, notes,
                      f"{fmt_ms(med(wname, t, 'p99_us'))} | {ratio(v, ref['nginx'])} | {ratio(v, ref['caddy'])} | "
                      f"{ratio(v, ref['direct'])} | {', '.join(fmt_num(r[key]) for r in rs)} | "
                      f"{sum(r['errors'] for r in rs)} |")
+    L.append("")
+    L.append("## Where the CPU went (per request, medians of the measured runs)")
+    L.append("")
+    L.append("CPU time (user + system) of the target (with its workers), the origin and wrk, divided by the "
+             "requests served, and how many of the machine's CPUs were busy. A row whose target cost stays "
+             "the same while its req/s does not grow was limited by the CPUs left to it.")
+    L.append("")
+    L.append(f"| workload | target | target µs | origin µs | wrk µs | CPUs busy (of {os.cpu_count()}) |")
+    L.append("|---|---|---:|---:|---:|---:|")
+    for wname in workloads:
+        for t in order:
+            if med_cpu(wname, t, "target_us") is None:
+                continue
+            L.append(f"| {wname} | {t} | {med_cpu(wname, t, 'target_us'):.1f} | {med_cpu(wname, t, 'origin_us'):.1f} | "
+                     f"{med_cpu(wname, t, 'wrk_us'):.1f} | {med_cpu(wname, t, 'busy_cpus'):.2f} |")
     if half:
         L.append("")
         L.append(f"## p99 at a fixed rate: {half['rate']:,.0f} req/s ({half['basis']}), small GET")
