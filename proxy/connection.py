@@ -52,6 +52,10 @@ class ConnectionHandler(Protocol):
 
 class ClientConnection(asyncio.Protocol):
     transport: asyncio.Transport  # set by connection_made, before anything else runs
+    # The loop the connection runs in, kept once: on Python 3.11 every `get_running_loop()` is a
+    # `getpid()` system call (CPython checks for a fork), and the request path would ask several
+    # times per request.
+    loop: asyncio.AbstractEventLoop
 
     def __init__(self, handler: ConnectionHandler, tls: bool):
         self.handler = handler
@@ -74,12 +78,13 @@ class ClientConnection(asyncio.Protocol):
     # --- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) else ""
         if not self.handler.opened(self):
             transport.close()  # beyond max_connections: the ones already open keep being served
             return
-        self._task = asyncio.get_running_loop().create_task(self._serve())
+        self._task = self.loop.create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -130,7 +135,7 @@ class ClientConnection(asyncio.Protocol):
         if self._paused_reading:
             self._paused_reading = False
             self.transport.resume_reading()
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         waiter = self._data_waiter = loop.create_future()
         # One timer handle rather than an asyncio.timeout() context: this runs for every request.
         timer = loop.call_at(deadline, expire, waiter) if deadline is not None else None
@@ -149,7 +154,7 @@ class ClientConnection(asyncio.Protocol):
         A new connection must deliver a whole head within `header_timeout`; on a kept-alive
         one `keepalive_timeout` runs until the first byte, then `header_timeout` for the head.
         """
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         try:
             self._skip_empty_lines()
             if not self.buffer and not first:
@@ -202,7 +207,7 @@ class ClientConnection(asyncio.Protocol):
 
     async def _receive_body(self, pause: float) -> None:
         try:
-            await self._receive(asyncio.get_running_loop().time() + pause)
+            await self._receive(self.loop.time() + pause)
         except TimeoutError:
             raise BadRequest(408, "body-timeout") from None
 
@@ -227,7 +232,7 @@ class ClientConnection(asyncio.Protocol):
         if self.lost:
             raise ClientGone()
         if self._paused_writing:
-            loop = asyncio.get_running_loop()
+            loop = self.loop
             waiter = self._drain_waiter = loop.create_future()
             timer = loop.call_later(timeout, expire, waiter) if timeout is not None else None
             try:

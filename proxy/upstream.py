@@ -89,6 +89,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def __init__(self, key: tuple[str, str, int]) -> None:
         self.key = key
+        # Kept once, as `proxy.connection` does: a `get_running_loop()` is a system call on 3.11.
+        self.loop = asyncio.get_running_loop()
         self.closed = False
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
@@ -220,7 +222,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._spare = None
 
     def pause_writing(self) -> None:
-        self._drain_waiter = asyncio.get_running_loop().create_future()
+        self._drain_waiter = self.loop.create_future()
 
     def resume_writing(self) -> None:
         self._wake_drain()
@@ -297,7 +299,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def start(self, head_only: bool) -> asyncio.Future[None]:
         self.ignore_body = head_only
-        self.head_future = asyncio.get_running_loop().create_future()
+        self.head_future = self.loop.create_future()
         return self.head_future
 
     def _consumed(self, size: int) -> None:
@@ -321,8 +323,8 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             if self.error is not None:
                 raise self.error
-            waiter = self._body_waiter = asyncio.get_running_loop().create_future()
-            timer = asyncio.get_running_loop().call_later(read_timeout, expire, waiter)
+            waiter = self._body_waiter = self.loop.create_future()
+            timer = self.loop.call_later(read_timeout, expire, waiter)
             try:
                 await waiter
             except TimeoutError:
@@ -376,10 +378,9 @@ class ConnectionPool:
 
     def take_idle(self, key: tuple) -> UpstreamConnection | None:
         idle = self._idle.get(key)
-        now = asyncio.get_running_loop().time()
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < IDLE_SECONDS:
+            if not conn.closed and conn.loop.time() - conn.idle_since < IDLE_SECONDS:
                 conn._reset()
                 return conn
             conn.transport.close()
@@ -403,7 +404,7 @@ class ConnectionPool:
         if len(idle) >= MAX_IDLE_PER_ORIGIN:
             conn.transport.close()
             return
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = conn.loop.time()
         idle.append(conn)
 
     def close(self) -> None:
@@ -592,7 +593,7 @@ class UpstreamClient:
                 writer.add_done_callback(_retrieve)
         # read_timeout bounds the wait for the response head from the moment the request, body
         # included, was sent: a slow upload is bounded by body_timeout between its pieces instead.
-        loop = asyncio.get_running_loop()
+        loop = conn.loop
         timer: asyncio.TimerHandle | None = None
 
         def start_timer(_: object = None) -> None:
