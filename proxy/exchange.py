@@ -14,12 +14,22 @@ from proxy.buffering import read_ahead
 from proxy.collector import collect
 from proxy.connection import ClientConnection, ClientGone
 from proxy.events import RequestRecord
-from proxy.forwarding import UPGRADE_TO_WEBSOCKET, first_value, is_trusted, response_headers, upstream_headers
-from proxy.http1 import LAST_CHUNK, BadRequest, RequestHead, chunk, no_body_status, serialize_head
+from proxy.forwarding import UPGRADE_TO_WEBSOCKET, first_value, is_trusted, upstream_headers
+from proxy.http1 import (
+    LAST_CHUNK,
+    BadRequest,
+    RequestHead,
+    chunk,
+    field_lines,
+    no_body_status,
+    serialize_fields,
+    serialize_head,
+    status_line,
+)
 from proxy.memo import MAX_KEY_CHARS, LruCache
-from proxy.model import Route, Upstream
-from proxy.plan import Answer, Tunnel, answer_response, plan
-from proxy.policy import Decision, apply_edits, decide, request_info, routing_method
+from proxy.model import Header, Route, Upstream
+from proxy.plan import Answer, Tunnel, answer_response, plan, relayed_head
+from proxy.policy import Decision, decide, request_info, routing_method
 from proxy.reports import is_collector_path
 from proxy.shadow import shadow_decision
 from proxy.state import ServingState
@@ -171,23 +181,23 @@ async def forward(
         return upstream_failed(state, conn, head, upstream, decision, failure, record)
 
     try:
-        edited = apply_edits(decision.edits, response_headers(response.headers), own_origin)
-        out = edited.headers
+        edited, fields = relayed_head(decision.edits, response.headers, own_origin)
         status = response.status
         record.upstream_answered(status, edited)
         no_body = no_body_status(status, head.method)
         # Most responses are whole by the time their head is here: one write, with a length.
         whole = None if no_body else response.buffered_body()
         chunked = False
+        framing: list[Header] = []  # written after the relayed fields
         if no_body:
             if status < 200 or status == 204:
-                out = [h for h in out if h[0].lower() != "content-length"]
+                fields = field_lines([h for h in edited.headers if h[0].lower() != "content-length"])
         elif whole is not None:
             if response.content_length is None:
-                out.append(("Content-Length", str(len(whole))))
+                framing.append(("Content-Length", str(len(whole))))
         elif response.content_length is None:
             if head.http_minor >= 1:
-                out.append(("Transfer-Encoding", "chunked"))
+                framing.append(("Transfer-Encoding", "chunked"))
                 chunked = True
             else:
                 keep_alive = False  # HTTP/1.0 without a length: the end is marked by closing
@@ -196,13 +206,11 @@ async def forward(
         # which RFC 9112 §9.6 says to announce with `Connection: close`.
         keep_alive = keep_alive and conn.body_complete and not state.stopping()
         if not keep_alive:
-            out.append(("Connection", "close"))
+            framing.append(("Connection", "close"))
         elif head.http_minor == 0:
-            out.append(("Connection", "keep-alive"))
-        if whole is not None:
-            conn.write(serialize_head(status, out) + whole)
-        else:
-            conn.write(serialize_head(status, out))
+            framing.append(("Connection", "keep-alive"))
+        response_head = status_line(status) + fields + (serialize_fields(framing) if framing else b"\r\n")
+        conn.write(response_head + whole if whole is not None else response_head)
         if not no_body and whole is None:
             try:
                 await _relay_body(conn, response.chunks(), chunked)

@@ -86,8 +86,9 @@ def upstream_headers(
     return out
 
 
-def response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Upstream response headers minus hop-by-hop ones (and those its Connection names)."""
+def relayed_positions(headers: list[tuple[str, str]]) -> list[int]:
+    """Where in an upstream response's `headers` the fields relayed to the client are: all but
+    the hop-by-hop ones and those its Connection names (RFC 9110 §7.6.1)."""
     named = [value for name, value in headers if name.lower() == "connection"]
     dropped = HOP_BY_HOP.union(*({t.strip().lower() for t in v.split(",")} for v in named)) if named else HOP_BY_HOP
-    return [(name, value) for name, value in headers if name.lower() not in dropped]
+    return [i for i, (name, _) in enumerate(headers) if name.lower() not in dropped]

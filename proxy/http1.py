@@ -413,9 +413,14 @@ def status_line(status: int) -> bytes:
     return line if line is not None else b"HTTP/1.1 %d \r\n" % status
 
 
+def field_lines(headers: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> bytes:
+    """Header lines, `name: value` CRLF each."""
+    return "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1")
+
+
 def serialize_fields(headers: list[tuple[str, str]]) -> bytes:
     """Header lines and the blank line that ends a head."""
-    return "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1") + b"\r\n"
+    return field_lines(headers) + b"\r\n"
 
 
 def serialize_head(status: int, headers: list[tuple[str, str]]) -> bytes:

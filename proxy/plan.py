@@ -8,13 +8,15 @@ long while streaming) stay with the server.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
 
-from proxy.http1 import ALLOWED_METHODS, text_body
-from proxy.model import Config, Route, Upstream
-from proxy.policy import Answer, Decision, EditResult, proxy_response_headers
+from proxy.forwarding import relayed_positions
+from proxy.http1 import ALLOWED_METHODS, field_lines, text_body
+from proxy.memo import MAX_KEY_CHARS, LruCache
+from proxy.model import Config, Header, PolicyEdit, Route, Upstream
+from proxy.policy import Answer, Decision, EditResult, apply_edits_kept, proxy_response_headers
 
-__all__ = ["Answer", "Forward", "RequestFacts", "Tunnel", "answer_response", "plan"]
+__all__ = ["Answer", "Forward", "RequestFacts", "Tunnel", "answer_response", "plan", "relayed_head"]
 
 TEXT = "text/plain; charset=utf-8"
 
@@ -78,3 +80,44 @@ def answer_response(decision: Decision, answer: Answer) -> tuple[EditResult, byt
     if answer.extra:
         edited = EditResult(edited.headers + list(answer.extra), edited.set_names, edited.removed_names)
     return edited, body
+
+
+# Upstream responses of one route repeat a handful of header-name lists, and what is relayed of
+# a head depends on its names only -- the hop-by-hop fields go, the edits drop, keep and add
+# fields by name -- unless a value is read: a Connection naming other fields, a Vary to merge
+# into, a value edit's header. The outcome for a names list is remembered as a relay plan,
+# keyed by the identity of the edits (`decide` remembers those; each entry holds its edits, so
+# the identity stays theirs) and the names as received; it holds the Connection values it was
+# made with, and is used only while they are the same.
+# (edits, (position, value) of each Connection field, positions kept, fields added and their
+# lines, set_names, removed_names)
+_Relay = tuple[tuple[PolicyEdit, ...], tuple[tuple[int, str], ...], tuple[int, ...], tuple[Header, ...], bytes,
+               tuple[str, ...], tuple[str, ...]]
+_RELAYS: LruCache[_Relay] = LruCache(1024)
+MAX_PLAN_HEADERS: Final = 48
+
+
+def relayed_head(edits: tuple[PolicyEdit, ...], headers: list[Header], own_origin: str | None) -> tuple[EditResult, bytes]:
+    """An upstream response's header fields as relayed to the client (`headers` not modified):
+    without the hop-by-hop ones (`proxy.forwarding.relayed_positions`), edited by `apply_edits`;
+    and those fields as header lines (`proxy.http1.field_lines`), for the head to send."""
+    names = tuple([name for name, _ in headers])
+    key = (id(edits), names)
+    relay = _RELAYS.get(key)
+    if relay is not None and relay[0] is edits:
+        _, connection, kept_at, added, added_lines, set_names, removed = relay
+        for at, value in connection:
+            if headers[at][1] != value:
+                break
+        else:
+            kept = [headers[i] for i in kept_at]
+            return EditResult(kept + list(added), list(set_names), list(removed)), field_lines(kept) + added_lines
+    positions = relayed_positions(headers)
+    result, keep = apply_edits_kept(edits, [headers[i] for i in positions], own_origin)
+    connection = tuple((at, value) for at, (name, value) in enumerate(headers) if name.lower() == "connection")
+    if (keep is not None and len(names) <= MAX_PLAN_HEADERS
+            and sum(map(len, names)) + sum(len(value) for _, value in connection) <= MAX_KEY_CHARS):
+        added = tuple(result.headers[len(keep):])
+        _RELAYS.put(key, (edits, connection, tuple(positions[k] for k in keep), added, field_lines(added),
+                          tuple(result.set_names), tuple(result.removed_names)))
+    return result, field_lines(result.headers)

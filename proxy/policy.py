@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Final, NamedTuple
 
 from proxy.cookies import cookie_rewrite
-from proxy.memo import MAX_KEY_CHARS, LruCache
+from proxy.memo import MAX_KEY_CHARS
 from proxy.model import (
     CompiledCors,
     CompiledPolicies,
@@ -45,6 +45,7 @@ __all__ = [
     "Answer",
     "RequestInfo",
     "apply_edits",
+    "apply_edits_kept",
     "compile_policies",
     "decide",
     "preflight_header_names",
@@ -431,17 +432,6 @@ def _preflight(route: Route, compiled: CompiledPolicies, c: CompiledCors, info: 
 # Step 3: apply
 
 
-# Upstream responses of one route repeat a handful of header-name lists, and what the edits do
-# to a response depends on its names only, unless a value is read (a Vary to merge into, a value
-# edit's header): the outcome for a names list is remembered as a plan, keyed by the identity of
-# the edits (`decide` remembers those; each entry holds its edits, so the identity stays theirs)
-# and the names as received.
-# (edits, indices of the headers kept, headers added, set_names, removed_names)
-_Plan = tuple[tuple[PolicyEdit, ...], tuple[int, ...], tuple[Header, ...], tuple[str, ...], tuple[str, ...]]
-_PLANS: LruCache[_Plan] = LruCache(1024)
-MAX_PLAN_HEADERS: Final = 48
-
-
 def apply_edits(edits: tuple[PolicyEdit, ...], headers: list[Header], own_origin: str | None = None) -> EditResult:
     """Apply the edits to `headers` (not modified); the one place where headers change.
 
@@ -454,23 +444,14 @@ def apply_edits(edits: tuple[PolicyEdit, ...], headers: list[Header], own_origin
     duplicates (RFC 9110 §12.5.5). Names in `set_names`/`removed_names` are lower-case; a
     replaced header is in both, a header whose value was rewritten only in `set_names`.
     """
-    names = tuple([name for name, _ in headers])
-    key = (id(edits), names)
-    plan = _PLANS.get(key)
-    if plan is not None and plan[0] is edits:
-        _, kept, added, set_names, removed = plan
-        return EditResult([headers[i] for i in kept] + list(added), list(set_names), list(removed))
-    result, keep = _apply_edits(edits, headers, own_origin)
-    if keep is not None and len(names) <= MAX_PLAN_HEADERS and sum(map(len, names)) <= MAX_KEY_CHARS:
-        added = tuple(result.headers[len(keep):])
-        _PLANS.put(key, (edits, tuple(keep), added, tuple(result.set_names), tuple(result.removed_names)))
-    return result
+    return apply_edits_kept(edits, headers, own_origin)[0]
 
 
-def _apply_edits(edits: tuple[PolicyEdit, ...], headers: list[Header], own_origin: str | None
-                 ) -> tuple[EditResult, list[int] | None]:
+def apply_edits_kept(edits: tuple[PolicyEdit, ...], headers: list[Header], own_origin: str | None
+                     ) -> tuple[EditResult, list[int] | None]:
     """`apply_edits`, and the indices of the headers kept unchanged, in order, when nothing but
-    the names decided the result (None when a value was read)."""
+    the names decided the result (None when a value was read: a Vary merged into, a value
+    edit's header); the headers the edits add then follow the kept ones."""
     present: set[str] | None = None
     active: list[PolicyEdit] = []
     for edit in edits:

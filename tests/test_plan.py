@@ -6,8 +6,19 @@ from typing import NamedTuple
 import pytest
 
 from proxy.config import load_config_text
-from proxy.plan import BODY_TOO_LARGE, NO_UPSTREAM, OPTIONS_ASTERISK, Answer, Forward, Tunnel, answer_response, plan
-from proxy.policy import decide, request_info
+from proxy.http1 import field_lines
+from proxy.plan import (
+    BODY_TOO_LARGE,
+    NO_UPSTREAM,
+    OPTIONS_ASTERISK,
+    Answer,
+    Forward,
+    Tunnel,
+    answer_response,
+    plan,
+    relayed_head,
+)
+from proxy.policy import apply_edits, decide, request_info
 
 CONFIG = """
 [proxy]
@@ -112,3 +123,46 @@ def test_websocket_handshake_gets_no_cors_headers():
     decision, action = planned(CONFIG, "GET", "/cors/ws", [APP], websocket=True)
     assert type(action) is Tunnel
     assert all(edit.table != "cors" for edit in decision.edits)
+
+
+def allowed_edits():
+    decision, _ = planned(CONFIG, "GET", "/cors/a", [APP])
+    return decision.edits
+
+
+def test_a_relayed_head_is_the_upstream_head_without_hop_by_hop_fields_edited_and_serialized():
+    edits = allowed_edits()
+    upstream = [("Date", "one"), ("Connection", "keep-alive, X-Internal"), ("Keep-Alive", "timeout=5"),
+                ("X-Internal", "1"), ("Access-Control-Allow-Origin", "*"), ("ETag", "a")]
+    edited, lines = relayed_head(edits, upstream, None)
+    assert edited == apply_edits(edits, [("Date", "one"), ("Access-Control-Allow-Origin", "*"), ("ETag", "a")])
+    assert lines == field_lines(edited.headers)
+
+
+def test_a_remembered_relay_plan_takes_each_response_own_values():
+    """The second response with the same header names is relayed from the remembered plan; its
+    own values are kept, and a Vary (whose value is merged) is never planned by name."""
+    edits = allowed_edits()
+    first, _ = relayed_head(edits, [("Date", "one"), ("Access-Control-Allow-Origin", "*"), ("ETag", "a")], None)
+    second, lines = relayed_head(edits, [("Date", "two"), ("Access-Control-Allow-Origin", "*"), ("ETag", "b")], None)
+    assert second.headers == [("Date", "two"), ("ETag", "b")] + first.headers[2:]
+    assert (second.set_names, second.removed_names) == (first.set_names, first.removed_names)
+    assert ("Access-Control-Allow-Origin", "https://app.test") in second.headers
+    assert lines == field_lines(second.headers)
+    for upstream_vary in ("Accept-Encoding", "Cookie", "Origin"):
+        edited, lines = relayed_head(edits, [("Date", "x"), ("Vary", upstream_vary)], None)
+        expected = upstream_vary if upstream_vary == "Origin" else f"{upstream_vary}, Origin"
+        assert [v for n, v in edited.headers if n == "Vary"] == [expected]
+        assert lines == field_lines(edited.headers)
+
+
+def test_a_relay_plan_is_not_used_for_a_head_whose_connection_names_other_fields():
+    """Connection's value decides which fields are hop-by-hop (RFC 9110 §7.6.1): a plan made for
+    `Connection: keep-alive` must not relay a field that another response's Connection names."""
+    edits = allowed_edits()
+    names = ("Date", "Connection", "X-Internal")
+    plain, _ = relayed_head(edits, list(zip(names, ("one", "keep-alive", "1"), strict=True)), None)
+    assert ("X-Internal", "1") in plain.headers
+    named, lines = relayed_head(edits, list(zip(names, ("two", "X-Internal", "2"), strict=True)), None)
+    assert [h for h in named.headers if h[0] in names] == [("Date", "two")]
+    assert b"X-Internal" not in lines

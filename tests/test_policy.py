@@ -897,18 +897,3 @@ def test_the_decision_cache_is_bounded_and_skips_long_client_strings():
     before = decide(r, request_info("GET", origin(long_origin), *SELF))
     again = decide(r, request_info("GET", origin(long_origin), *SELF))
     assert before == again and before is not again  # recomputed, not remembered
-
-
-def test_a_remembered_edit_plan_takes_each_response_own_values():
-    """The second response with the same header names is edited from the remembered plan; its
-    own values are kept, and a Vary (whose value is merged) is never planned by name."""
-    edits = decide(route(FULL), request_info("GET", origin("https://app.test"), *SELF)).edits
-    first = apply_edits(edits, H("Date: one", "Access-Control-Allow-Origin: *", "ETag: a"))
-    second = apply_edits(edits, H("Date: two", "Access-Control-Allow-Origin: *", "ETag: b"))
-    assert second.headers == [("Date", "two"), ("ETag", "b")] + first.headers[2:]
-    assert (second.set_names, second.removed_names) == (first.set_names, first.removed_names)
-    assert ("Access-Control-Allow-Origin", "https://app.test") in second.headers
-    for upstream_vary in ("Accept-Encoding", "Cookie", "Origin"):
-        edited = apply_edits(edits, H("Date: x", f"Vary: {upstream_vary}"))
-        expected = upstream_vary if upstream_vary == "Origin" else f"{upstream_vary}, Origin"
-        assert [v for n, v in edited.headers if n == "Vary"] == [expected]
