@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import NamedTuple
 
 from proxy import events
 from proxy.buffering import read_ahead
@@ -24,12 +25,13 @@ from proxy.http1 import (
     no_body_status,
     serialize_fields,
     serialize_head,
+    serialize_request_head,
     status_line,
 )
 from proxy.memo import MAX_KEY_CHARS, LruCache
-from proxy.model import Header, Route, Upstream
-from proxy.plan import Answer, Tunnel, answer_response, plan, relayed_head
-from proxy.policy import Decision, decide, request_info, routing_method
+from proxy.model import Header, Upstream
+from proxy.plan import Answer, Forward, Tunnel, answer_response, plan, relayed_head
+from proxy.policy import Decision, RequestInfo, decide, request_info, routing_method
 from proxy.reports import is_collector_path
 from proxy.shadow import shadow_decision
 from proxy.state import ServingState
@@ -46,11 +48,45 @@ OVERLOADED = Answer(503, "overloaded: too many requests in flight", (("Retry-Aft
 _ANSWERS: LruCache[tuple[Decision, bytes, tuple[str, ...], tuple[str, ...]]] = LruCache(1024)
 
 
-async def exchange(state: ServingState, conn: ClientConnection, head: RequestHead) -> bool:
-    """Serve one request; True when the connection may carry another."""
+class Prepared(NamedTuple):
+    """What a request head decides on one serving state, for one client address and scheme:
+    the policy decision, the plan and, for a request forwarded without a body, the head the
+    upstream gets. Pure, so remembered for a repeated head (`_PREPARED`)."""
+
+    head: RequestHead
+    state: ServingState
+    info: RequestInfo
+    decision: Decision
+    shadow: Decision | None  # the route's candidate (shadow) CORS table's decision, for the log
+    action: Answer | Forward | Tunnel
+    scheme: str  # the request's own, as received (behind a trusted proxy: X-Forwarded-Proto)
+    own_origin: str  # where redirects to the upstream are pointed instead
+    trusted: bool  # the peer is a trusted proxy
+    upstream_head: bytes | None  # the request head for the upstream (forwarded without a body)
+
+
+# Clients repeat their heads byte for byte, `proxy.http1.parse_head` then hands out the same
+# RequestHead object, and what `_prepare` makes of it depends on that object, the serving state
+# (a reload makes a new one) and the connection's address and scheme only: it is remembered by
+# the head's identity. Each entry holds its head and state, so those identities cannot be reused
+# while it lives; heads with long fields are not remembered (bounded memory).
+_PREPARED: LruCache[Prepared] = LruCache(256)
+
+
+def prepared(state: ServingState, conn: ClientConnection, head: RequestHead) -> Prepared:
+    """`_prepare`, remembered; BadRequest when the request is refused before routing."""
+    key = (id(head), conn.peer_ip, conn.scheme)
+    known = _PREPARED.get(key)
+    if known is not None and known.head is head and known.state is state:
+        return known
+    known = _prepare(state, conn, head)
+    if sum([len(name) + len(value) for name, value in head.headers]) <= MAX_KEY_CHARS:
+        _PREPARED.put(key, known)
+    return known
+
+
+def _prepare(state: ServingState, conn: ClientConnection, head: RequestHead) -> Prepared:
     config = state.config
-    if is_collector_path(config.reports, head.path):
-        return await collect(state, conn, head)
     trusted = is_trusted(conn.peer_ip, config.proxy.trusted_proxies)
     scheme, host = conn.scheme, head.host
     if trusted:
@@ -60,44 +96,47 @@ async def exchange(state: ServingState, conn: ClientConnection, head: RequestHea
     info = request_info(head.method, head.headers, scheme, host)
     # Where redirects to the upstream are pointed instead: the request's own origin, port as sent.
     own_origin = f"{scheme}://{host}"
+    route = state.router.match(head.host, head.path, routing_method(info), head.normal_path)
+    decision = decide(route, info, websocket=head.websocket)
+    shadow = shadow_decision(route, info, websocket=head.websocket)  # for the log only
+    action = plan(config, route, decision, head)
+    upstream_head = None
+    if isinstance(action, Forward) and not head.has_body:
+        headers = upstream_headers(head, config.proxy, action.upstream, conn.peer_ip, scheme, trusted)
+        upstream_head = serialize_request_head(head.method, head.target, headers)
+    return Prepared(head, state, info, decision, shadow, action, scheme, own_origin, trusted, upstream_head)
+
+
+async def exchange(state: ServingState, conn: ClientConnection, head: RequestHead) -> bool:
+    """Serve one request; True when the connection may carry another."""
+    if is_collector_path(state.config.reports, head.path):
+        return await collect(state, conn, head)
     try:
-        route = state.router.match(head.host, head.path, routing_method(info), head.normal_path)
+        request = prepared(state, conn, head)
     except BadRequest as ambiguous:  # refused before routing, like a malformed head
         state.refuse(conn, ambiguous)
         return False
-    decision = decide(route, info, websocket=head.websocket)
-    shadow = shadow_decision(route, info, websocket=head.websocket)  # for the log only
-    record = RequestRecord(head, info, decision, shadow)
+    record = RequestRecord(head, request.info, request.decision, request.shadow)
     try:
-        return await _respond(state, conn, head, route, decision, scheme, own_origin, trusted, record)
+        return await _respond(state, conn, request, record)
     finally:
         # Exactly one log line per request, also when the client went away (499).
         events.request(state.log, state.metrics, record, state.console)
 
 
-async def _respond(
-    state: ServingState,
-    conn: ClientConnection,
-    head: RequestHead,
-    route: Route,
-    decision: Decision,
-    scheme: str,
-    own_origin: str,
-    trusted: bool,
-    record: RequestRecord,
-) -> bool:
+async def _respond(state: ServingState, conn: ClientConnection, request: Prepared, record: RequestRecord) -> bool:
     """Answer from the proxy, tunnel or forward; whether the connection may stay open."""
+    head, decision, action = request.head, request.decision, request.action
     keep_alive = head.keep_alive and not state.stopping()
     if not state.admit():
         return send_answer(conn, decision, OVERLOADED, False, record)
-    action = plan(state.config, route, decision, head)
     if isinstance(action, Answer):
         # A proxy-made answer leaves the request body unread, and unread bytes would be parsed
         # as the next request: such a connection ends with the answer.
         return send_answer(conn, decision, action, keep_alive and not head.has_body and not action.closes, record)
     if isinstance(action, Tunnel):
-        return await _tunnel(state, conn, head, action.upstream, decision, scheme, own_origin, trusted, record)
-    return await forward(state, conn, head, action.upstream, decision, scheme, own_origin, trusted, keep_alive, record)
+        return await _tunnel(state, conn, request, action.upstream, record)
+    return await forward(state, conn, request, action.upstream, keep_alive, record)
 
 
 def send_answer(conn: ClientConnection, decision: Decision, action: Answer, keep_alive: bool, record: RequestRecord) -> bool:
@@ -131,48 +170,45 @@ def upstream_failed(
 
 
 async def _tunnel(
-    state: ServingState, conn: ClientConnection, head: RequestHead, upstream: Upstream, decision: Decision,
-    scheme: str, own_origin: str, trusted: bool, record: RequestRecord,
+    state: ServingState, conn: ClientConnection, request: Prepared, upstream: Upstream, record: RequestRecord,
 ) -> bool:
-    headers = upstream_headers(head, state.config.proxy, upstream, conn.peer_ip, scheme, trusted)
+    head, decision = request.head, request.decision
+    headers = upstream_headers(head, state.config.proxy, upstream, conn.peer_ip, request.scheme, request.trusted)
     try:
         handshake = await state.client.open_websocket(upstream.key, head.target, [*headers, *UPGRADE_TO_WEBSOCKET])
     except UpstreamFailure as failure:
         return upstream_failed(state, conn, head, upstream, decision, failure, record)
     try:
-        await tunnel(conn, handshake, decision.edits, own_origin, record, state.config.limits.tunnel_idle_timeout)
+        await tunnel(conn, handshake, decision.edits, request.own_origin, record, state.config.limits.tunnel_idle_timeout)
     finally:
         handshake.close()
     return False
 
 
 async def forward(
-    state: ServingState,
-    conn: ClientConnection,
-    head: RequestHead,
-    upstream: Upstream,
-    decision: Decision,
-    scheme: str,
-    own_origin: str,
-    trusted: bool,
-    keep_alive: bool,
+    state: ServingState, conn: ClientConnection, request: Prepared, upstream: Upstream, keep_alive: bool,
     record: RequestRecord,
 ) -> bool:
-    config = state.config
-    headers = upstream_headers(head, config.proxy, upstream, conn.peer_ip, scheme, trusted)
+    head, decision = request.head, request.decision
     refused: list[BadRequest] = []
-    body: bytes | AsyncIterator[bytes] | None = None
-    if head.has_body:
-        body = _guarded_body(conn, head, config.limits.max_body_bytes, refused)
-        if config.limits.request_buffer:
-            try:
-                body = await read_ahead(body, config.limits.request_buffer)
-            except BadRequest as bad:
-                return send_answer(conn, decision, Answer(bad.status, bad.reason), False, record)
-            if isinstance(body, bytes) and head.content_length is None:
-                headers.append(("Content-Length", str(len(body))))  # the chunked body, whole
+    if request.upstream_head is not None:
+        sending = state.client.send_head(upstream.key, head.method, request.upstream_head)
+    else:
+        config = state.config
+        headers = upstream_headers(head, config.proxy, upstream, conn.peer_ip, request.scheme, request.trusted)
+        body: bytes | AsyncIterator[bytes] | None = None
+        if head.has_body:
+            body = _guarded_body(conn, head, config.limits.max_body_bytes, refused)
+            if config.limits.request_buffer:
+                try:
+                    body = await read_ahead(body, config.limits.request_buffer)
+                except BadRequest as bad:
+                    return send_answer(conn, decision, Answer(bad.status, bad.reason), False, record)
+                if isinstance(body, bytes) and head.content_length is None:
+                    headers.append(("Content-Length", str(len(body))))  # the chunked body, whole
+        sending = state.client.send(upstream.key, head.method, head.target, headers, body)
     try:
-        response = await state.client.send(upstream.key, head.method, head.target, headers, body)
+        response = await sending
     except (UpstreamFailure, ClientGone) as failure:
         if refused:
             return send_answer(conn, decision, Answer(refused[0].status, refused[0].reason), False, record)
@@ -181,7 +217,7 @@ async def forward(
         return upstream_failed(state, conn, head, upstream, decision, failure, record)
 
     try:
-        edited, fields = relayed_head(decision.edits, response.headers, own_origin)
+        edited, fields = relayed_head(decision.edits, response.headers, request.own_origin)
         status = response.status
         record.upstream_answered(status, edited)
         no_body = no_body_status(status, head.method)

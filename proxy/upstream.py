@@ -544,34 +544,38 @@ class UpstreamClient:
     ) -> UpstreamResponse:
         """`body`: None, the whole body (sent with the head; `headers` hold its Content-Length),
         or a stream (sent chunked unless `headers` hold a Content-Length)."""
-        try:
-            return await self._send(key, method, target, headers, body)
-        except OSError as error:  # anything the exchanges below did not name
-            raise invalid("upstream-error", str(error)) from error
+        chunked = body is not None and not isinstance(body, bytes) and not any(
+            n.lower() == "content-length" for n, _ in headers
+        )
+        head = serialize_request_head(method, target, [*headers, ("Transfer-Encoding", "chunked")] if chunked else headers)
+        return await self.send_head(key, method, head, body, chunked)
 
-    async def _send(
+    async def send_head(
         self,
         key: tuple[str, str, int],
         method: str,
-        target: str,
-        headers: list[tuple[str, str]],
-        body: bytes | AsyncIterator[bytes] | None,
+        head: bytes,
+        body: bytes | AsyncIterator[bytes] | None = None,
+        chunked: bool = False,
     ) -> UpstreamResponse:
+        """`send` with the request head already serialized (`proxy.http1.serialize_request_head`;
+        with `Transfer-Encoding: chunked` when `chunked`, the framing of a streamed `body`)."""
         streamed = body is not None and not isinstance(body, bytes)
-        chunked = streamed and not any(n.lower() == "content-length" for n, _ in headers)
-        head = serialize_request_head(method, target, [*headers, ("Transfer-Encoding", "chunked")] if chunked else headers)
-        conn = self.pool.take_idle(key)
-        if conn is not None:
-            try:
-                return await self._exchange(conn, method, head, body, chunked)
-            except UpstreamFailure as failure:
-                # A kept-alive connection the upstream closed as we reused it: nothing of the
-                # request can have been processed, so one retry on a new connection is safe
-                # (RFC 9112 §9.3.1) — unless a body was already streamed from the client.
-                if failure.reason != CLOSED_WITHOUT_RESPONSE or conn.received_any or streamed:
-                    raise
-        conn = await self.pool.connect(key)
-        return await self._exchange(conn, method, head, body, chunked)
+        try:
+            conn = self.pool.take_idle(key)
+            if conn is not None:
+                try:
+                    return await self._exchange(conn, method, head, body, chunked)
+                except UpstreamFailure as failure:
+                    # A kept-alive connection the upstream closed as we reused it: nothing of the
+                    # request can have been processed, so one retry on a new connection is safe
+                    # (RFC 9112 §9.3.1) — unless a body was already streamed from the client.
+                    if failure.reason != CLOSED_WITHOUT_RESPONSE or conn.received_any or streamed:
+                        raise
+            conn = await self.pool.connect(key)
+            return await self._exchange(conn, method, head, body, chunked)
+        except OSError as error:  # anything the exchanges below did not name
+            raise invalid("upstream-error", str(error)) from error
 
     async def _exchange(
         self, conn: UpstreamConnection, method: str, head: bytes, body: bytes | AsyncIterator[bytes] | None,
