@@ -229,14 +229,19 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- httptools callbacks ----------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_size += len(name) + len(value) + 4  # "name: value\r\n"
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
-        if self.head_size > MAX_RESPONSE_HEAD:
-            return  # reported by data_received, which can stop the exchange
-        self.status = self._parser.get_status_code()
-        if self.status < 200:
+        status = self._parser.get_status_code()
+        # The heads' sizes counted by their fields ("name: value\r\n") are at most twice the
+        # bytes received (`n:\n` counts 5 for 3): a final head is counted only when more than
+        # half the limit's bytes came in, so the usual short head costs no counting at all.
+        if status < 200 or self.head_bytes > MAX_RESPONSE_HEAD // 2:
+            self.head_size += sum([len(name) + len(value) + 4 for name, value in self.headers])
+            if self.head_size > MAX_RESPONSE_HEAD:
+                return  # reported by data_received, which can stop the exchange
+        self.status = status
+        if status < 200:
             # 1xx interim responses (100 Continue, 103 Early Hints) are not relayed.
             self.headers = []
             return
@@ -599,15 +604,15 @@ class UpstreamClient:
         # included, was sent: a slow upload is bounded by body_timeout between its pieces instead.
         loop = conn.loop
         timer: asyncio.TimerHandle | None = None
-
-        def start_timer(_: object = None) -> None:
-            nonlocal timer
-            if not head_received.done():
-                timer = loop.call_later(self.read_timeout, expire, head_received)
-
         if writer is None:
-            start_timer()
+            timer = loop.call_later(self.read_timeout, expire, head_received)
         else:
+
+            def start_timer(_: object) -> None:
+                nonlocal timer
+                if not head_received.done():
+                    timer = loop.call_later(self.read_timeout, expire, head_received)
+
             writer.add_done_callback(start_timer)
         try:
             await head_received
