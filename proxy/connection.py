@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol, cast
 
-from proxy.aio import expire
+from proxy.aio import Deadline, expire
 from proxy.http1 import BadRequest, ChunkedDecoder, RequestHead, head_end, parse_head
 from proxy.model import Limits
 
@@ -79,6 +79,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.loop = asyncio.get_running_loop()
+        self._deadline = Deadline(self.loop)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) else ""
         if not self.handler.opened(self):
@@ -106,6 +107,7 @@ class ClientConnection(asyncio.Protocol):
         self.lost = True
         self.handler.closed(self)
         self._wake_reader()
+        self._deadline.close()
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(ClientGone())
         self._cancel_request()
@@ -135,16 +137,15 @@ class ClientConnection(asyncio.Protocol):
         if self._paused_reading:
             self._paused_reading = False
             self.transport.resume_reading()
-        loop = self.loop
-        waiter = self._data_waiter = loop.create_future()
-        # One timer handle rather than an asyncio.timeout() context: this runs for every request.
-        timer = loop.call_at(deadline, expire, waiter) if deadline is not None else None
+        waiter = self._data_waiter = self.loop.create_future()
+        if deadline is not None:
+            # Not an asyncio.timeout() context nor a timer handle per wait: this runs for every request.
+            self._deadline.start(waiter, deadline)
         try:
             await waiter
         finally:
             self._data_waiter = None
-            if timer is not None:
-                timer.cancel()
+            self._deadline.stop()
         if self.lost or (self.eof and not self.buffer):
             raise ClientGone()
 

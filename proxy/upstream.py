@@ -25,7 +25,7 @@ from typing import cast
 
 import httptools
 
-from proxy.aio import expire
+from proxy.aio import Deadline
 from proxy.http1 import LAST_CHUNK, chunk, list_elements, serialize_request_head
 from proxy.model import ProxySettings
 from proxy.standards import TOKEN
@@ -91,6 +91,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.key = key
         # Kept once, as `proxy.connection` does: a `get_running_loop()` is a system call on 3.11.
         self.loop = asyncio.get_running_loop()
+        self.deadline = Deadline(self.loop)  # of the wait for the response head, then for each body piece
         self.closed = False
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
@@ -180,6 +181,7 @@ class UpstreamConnection(asyncio.Protocol):
             if exc is not None and not self.complete:
                 self._read_early_response(self._spare)
             self._close_spare()
+        self.deadline.close()
         if self.head_done and not self.complete and self._close_delimited() and exc is None:
             self.complete = True  # RFC 9112 §6.3 item 8: the body ends when the connection does
             self._wake_body()
@@ -329,14 +331,14 @@ class UpstreamConnection(asyncio.Protocol):
             if self.error is not None:
                 raise self.error
             waiter = self._body_waiter = self.loop.create_future()
-            timer = self.loop.call_later(read_timeout, expire, waiter)
+            self.deadline.start(waiter, self.loop.time() + read_timeout)
             try:
                 await waiter
             except TimeoutError:
                 raise UpstreamFailure(504, "upstream-read-timeout", f"no body bytes within {read_timeout} s") from None
             finally:
                 self._body_waiter = None
-                timer.cancel()
+                self.deadline.stop()
 
     def drop_body(self) -> None:
         """The exchange was abandoned: the body bytes held back are not wanted any more."""
@@ -603,15 +605,13 @@ class UpstreamClient:
         # read_timeout bounds the wait for the response head from the moment the request, body
         # included, was sent: a slow upload is bounded by body_timeout between its pieces instead.
         loop = conn.loop
-        timer: asyncio.TimerHandle | None = None
         if writer is None:
-            timer = loop.call_later(self.read_timeout, expire, head_received)
+            conn.deadline.start(head_received, loop.time() + self.read_timeout)
         else:
 
             def start_timer(_: object) -> None:
-                nonlocal timer
                 if not head_received.done():
-                    timer = loop.call_later(self.read_timeout, expire, head_received)
+                    conn.deadline.start(head_received, loop.time() + self.read_timeout)
 
             writer.add_done_callback(start_timer)
         try:
@@ -626,8 +626,7 @@ class UpstreamClient:
         finally:
             if writer is not None:
                 writer.remove_done_callback(start_timer)
-            if timer is not None:
-                timer.cancel()
+            conn.deadline.stop()
         # A response that arrived is relayed even when the body could not be sent whole: the
         # upstream answered (RFC 9112 §9.5: a server may answer before it reads the body).
         return UpstreamResponse(conn, self.pool, self.read_timeout, writer)
