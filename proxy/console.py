@@ -1,6 +1,7 @@
 """The console log (`[log] format = "console"`): one line per request a person scans —
 status, method, host+path, origin, decision and reason, milliseconds — coloured on a terminal,
-plus warnings a developer can act on. Other events keep structlog's `key=value` lines.
+plus warnings a developer can act on. Other events keep structlog's `key=value` lines
+(structlog is imported only when this format is on: docs/DECISIONS.md).
 
 The warnings need facts the JSON event does not carry (the `Host`, a `Cookie`, the final
 `Set-Cookie` lines): `request_extras` computes them only when the console format is on, so the
@@ -11,8 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from typing import Any
-
-import structlog
 
 from proxy.model import Header
 from proxy.origins import normalize_origin, site_of
@@ -109,10 +108,12 @@ def request_extras(head_host: str, request_headers: Sequence[Header], response_h
 
 
 class ConsoleRenderer:
-    """A structlog renderer: `request` events as a scan-friendly line, the rest as structlog's
-    console renderer writes them."""
+    """A renderer with structlog's signature: `request` events as a scan-friendly line, the rest
+    as structlog's console renderer writes them."""
 
     def __init__(self, colours: bool) -> None:
+        import structlog.dev  # the development format only: a JSON-logging server never loads it
+
         self.colours = colours
         self.other = structlog.dev.ConsoleRenderer(colors=colours)
 

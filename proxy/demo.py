@@ -20,10 +20,9 @@ import struct
 import sys
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import structlog
 from aiohttp import web
 
 from proxy import logs
@@ -65,9 +64,9 @@ class DemoLog:
         self.last = next(self._seq)
         kind.append({**entry, "seq": self.last})
 
-    def capture(self, _logger: object, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        """A structlog processor placed before the renderer: it sees every event, keeps the
-        request decisions, and passes the event on unchanged."""
+    def capture(self, event: Mapping[str, Any]) -> None:
+        """Sees every event before it is rendered (`proxy.logs.configure`'s `observe`) and keeps
+        the request decisions and reports."""
         kind = event.get("event")
         if kind == "request":
             self.add(self.decisions, {key: event.get(key) for key in (
@@ -75,7 +74,6 @@ class DemoLog:
                 "warnings")})
         elif kind == "report":
             self.add(self.reports, {key: event.get(key) for key in ("type", "url", "disposition", "blocked_url")})
-        return event
 
     def since(self, seq: int) -> dict[str, Any]:
         def after(entries: deque[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -180,12 +178,6 @@ def demo_config_path() -> str:
     return str(importlib.resources.files("proxy").joinpath("demo.toml"))
 
 
-def _capture_decisions(log: DemoLog) -> None:
-    """Put `log.capture` in front of the configured processors (the renderer stays last)."""
-    processors = structlog.get_config()["processors"]
-    structlog.configure(processors=[log.capture, *processors])
-
-
 async def _run(port: int) -> int:
     path = demo_config_path()
     log = DemoLog()
@@ -204,8 +196,7 @@ async def _run(port: int) -> int:
         except ConfigError as error:
             print("\n".join(error.lines()), file=sys.stderr)
             return 2
-        logs.configure("console", config.log.level)
-        _capture_decisions(log)
+        logs.configure("console", config.log.level, observe=log.capture)
 
         def announce(address: str) -> None:
             settings["proxy"] = f"http://{address}"  # before the first request: the page needs it

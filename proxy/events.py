@@ -13,6 +13,7 @@ from typing import Any
 
 from proxy.console import request_extras
 from proxy.http1 import RequestHead
+from proxy.logs import Logger
 from proxy.metrics import Metrics
 from proxy.model import Header
 from proxy.policy import Decision, EditResult, RequestInfo, preflight_header_names
@@ -20,7 +21,6 @@ from proxy.policy import Decision, EditResult, RequestInfo, preflight_header_nam
 # Logged for a request whose client went away before its response was complete (nginx's code).
 CLIENT_CLOSED_REQUEST = 499
 
-Logger = Any  # structlog's bound logger (`proxy.logs.get_logger()`)
 _NO_EXTRAS: dict[str, object] = {}
 
 

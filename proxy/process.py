@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable
 
 from proxy import events, logs
-from proxy.events import Logger
+from proxy.logs import Logger
 from proxy.model import Config
 from proxy.server import ProxyServer
 from proxy.workers import Worker, run_workers

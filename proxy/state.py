@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.connection import ClientConnection
-from proxy.events import Logger
 from proxy.http1 import BadRequest
+from proxy.logs import Logger
 from proxy.metrics import Metrics
 from proxy.model import Config
 from proxy.routing import Router
