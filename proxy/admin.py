@@ -12,6 +12,7 @@ from proxy.errors import ListenError
 from proxy.model import Endpoint
 
 if TYPE_CHECKING:
+    from proxy.metrics import Metrics
     from proxy.server import ProxyServer
 
 
@@ -19,7 +20,8 @@ def _state(up: bool, up_text: str) -> web.Response:
     return web.Response(status=200 if up else 503, text=f"{up_text}\n" if up else "stopping\n")
 
 
-async def start_admin(server: ProxyServer, listen: Endpoint, sock: socket.socket | None = None) -> web.AppRunner:
+async def start_admin(server: ProxyServer, metrics: Metrics, listen: Endpoint,
+                      sock: socket.socket | None = None) -> web.AppRunner:
     """Serve the admin endpoints on `listen`, or on `sock` when the workers' parent bound it."""
 
     async def healthz(_: web.Request) -> web.Response:
@@ -28,8 +30,8 @@ async def start_admin(server: ProxyServer, listen: Endpoint, sock: socket.socket
     async def readyz(_: web.Request) -> web.Response:
         return _state(server.ready, "ready")
 
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=server.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def read_metrics(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def config(_: web.Request) -> web.Response:
         body = orjson.dumps(server.state.config.effective, option=orjson.OPT_INDENT_2, default=str)
@@ -44,7 +46,7 @@ async def start_admin(server: ProxyServer, listen: Endpoint, sock: socket.socket
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", read_metrics)
     app.router.add_get("/config", config)
     app.router.add_post("/reload", reload)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -2,21 +2,24 @@
 
 The names of the events and of their fields are written here and nowhere else, as Envoy keeps
 its stats in one place: a field added to the `request` line, or a new event, is one edit in
-this file. Callers pass values; what an event counts in the metrics is counted here too.
+this file. Callers pass values; what an event counts in the metrics is counted here too (when
+there are metrics: only a config with `[admin]` has them, `proxy.process.serve`).
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.console import request_extras
 from proxy.http1 import RequestHead
 from proxy.logs import Logger
-from proxy.metrics import Metrics
 from proxy.model import Header
 from proxy.policy import Decision, EditResult, RequestInfo, preflight_header_names
+
+if TYPE_CHECKING:
+    from proxy.metrics import Metrics
 
 # Logged for a request whose client went away before its response was complete (nginx's code).
 CLIENT_CLOSED_REQUEST = 499
@@ -55,18 +58,18 @@ class RequestRecord:
         self.response_headers = edited.headers
 
 
-def request(log: Logger, metrics: Metrics, record: RequestRecord, console: bool = False) -> None:
+def request(log: Logger, metrics: Metrics | None, record: RequestRecord, console: bool = False) -> None:
     """The decision log's line for one request (exactly one per request). `console`: the
     `[log] format = "console"` line also gets `host` and `warnings`."""
     duration_ms = round((time.perf_counter() - record.started) * 1000, 3)
     head, decision, shadow, info = record.head, record.decision, record.shadow, record.info
-    metrics.observe(decision.route, decision.cors, record.status, duration_ms)
     # Only routes with a candidate table carry its decision.
     candidate = {}
     if shadow is not None:
         candidate = {"shadow_cors": shadow.cors, "shadow_reason": shadow.reason}
-        if shadow.cors != decision.cors:
-            metrics.shadow_diffs.labels(decision.route, decision.cors, shadow.cors).inc()
+    if metrics is not None:
+        metrics.observe(decision.route, decision.cors, record.status, duration_ms,
+                        shadow.cors if shadow is not None else None)
     extras = request_extras(head.host, head.headers, record.response_headers, decision.origin, decision.cors,
                             record.headers_set, decision.route) if console else _NO_EXTRAS
     log.info(
@@ -90,15 +93,17 @@ def request(log: Logger, metrics: Metrics, record: RequestRecord, console: bool 
     )
 
 
-def bad_request(log: Logger, metrics: Metrics, status: int, reason: str, peer: str) -> None:
+def bad_request(log: Logger, metrics: Metrics | None, status: int, reason: str, peer: str) -> None:
     """A request refused before routing (400, 405, 414, 431, 501, 505)."""
-    metrics.bad_requests.labels(reason).inc()
+    if metrics is not None:
+        metrics.bad_requests.labels(reason).inc()
     log.info("bad_request", status=status, reason=reason, peer=peer)
 
 
-def report(log: Logger, metrics: Metrics, fields: dict[str, Any], labels: tuple[str, ...]) -> None:
+def report(log: Logger, metrics: Metrics | None, fields: dict[str, Any], labels: tuple[str, ...]) -> None:
     """One browser report received by the `[reports]` collector."""
-    metrics.reports.labels(*labels).inc()
+    if metrics is not None:
+        metrics.reports.labels(*labels).inc()
     log.info("report", **fields)
 
 
@@ -106,10 +111,11 @@ def report_rejected(log: Logger, status: int, reason: str, method: str, peer: st
     log.info("report_rejected", status=status, reason=reason, method=method, peer=peer)
 
 
-def upstream_error(log: Logger, metrics: Metrics, route: str, upstream: str, reason: str, detail: str, method: str,
+def upstream_error(log: Logger, metrics: Metrics | None, route: str, upstream: str, reason: str, detail: str, method: str,
                    path: str) -> None:
     """The upstream gave no usable response, or its response broke off."""
-    metrics.upstream_errors.labels(route, reason).inc()
+    if metrics is not None:
+        metrics.upstream_errors.labels(route, reason).inc()
     log.warning("upstream_error", upstream=upstream, reason=reason, detail=detail, method=method, path=path)
 
 
@@ -117,14 +123,16 @@ def listening(log: Logger, listen: str, pid: int, tls: bool, admin: str | None, 
     log.info("listening", listen=listen, pid=pid, tls=tls, admin=admin, watch=watch)
 
 
-def config_reloaded(log: Logger, metrics: Metrics, routes: list[str], source: str, sha256: str) -> None:
-    metrics.config.reloaded(sha256)
+def config_reloaded(log: Logger, metrics: Metrics | None, routes: list[str], source: str, sha256: str) -> None:
+    if metrics is not None:
+        metrics.config.reloaded(sha256)
     log.info("config_reloaded", routes=routes, source=source, sha256=sha256)
 
 
-def config_error(log: Logger, metrics: Metrics, errors: list[str]) -> None:
+def config_error(log: Logger, metrics: Metrics | None, errors: list[str]) -> None:
     """A reload found the config invalid; the old one keeps serving."""
-    metrics.config.reload_failed()
+    if metrics is not None:
+        metrics.config.reload_failed()
     log.error("config_error", errors=errors)
 
 

@@ -1,5 +1,9 @@
 """Every metric the admin /metrics endpoint exposes, each declared once (as Envoy does).
 
+Only a process whose config has an `[admin]` listener imports this module and counts: nothing
+else can read the metrics (docs/DECISIONS.md), and prometheus-client costs ~4 MiB of memory per
+process and a few microseconds per request.
+
 With `workers = N` each worker counts in its own memory-mapped files in one directory that all of
 them share (prometheus-client's multiprocess mode, switched on by `share_between_processes` in the
 parent before it forks); /metrics, served by one worker, sums the files of all of them. Counters
@@ -27,10 +31,24 @@ from prometheus_client.registry import Collector
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
-def share_between_processes() -> str:
+class SharedValues:
+    """The workers' metric values in files of one directory (`share_between_processes`)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def worker_exited(self, pid: int) -> None:
+        """A worker is gone: its share of the live gauges (requests in flight) no longer counts."""
+        multiprocess.mark_process_dead(pid, self.directory)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def share_between_processes() -> SharedValues:
     """Before forking workers: make every metric created from now on live in files of a new
-    directory (returned; remove it with `stop_sharing`). OSError when no temporary directory is
-    writable (a read-only root filesystem needs a writable volume at $TMPDIR or /tmp)."""
+    directory. OSError when no temporary directory is writable (a read-only root filesystem
+    needs a writable volume at $TMPDIR or /tmp)."""
     try:
         directory = tempfile.mkdtemp(prefix="coxp-metrics-")
     except OSError as error:
@@ -38,16 +56,7 @@ def share_between_processes() -> str:
                                    f"directory ($TMPDIR or /tmp): {error.strerror}") from None
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory  # where prometheus-client's values write
     values.ValueClass = values.MultiProcessValue()
-    return directory
-
-
-def stop_sharing(directory: str) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-def worker_exited(directory: str, pid: int) -> None:
-    """A worker is gone: its share of the live gauges (requests in flight) no longer counts."""
-    multiprocess.mark_process_dead(pid, directory)
+    return SharedValues(directory)
 
 
 def _shared_directory() -> str | None:
@@ -130,7 +139,8 @@ class Metrics:
         self._request_children: dict[tuple[str, str, int], Counter] = {}
         self._duration_children: dict[str, Histogram] = {}
 
-    def observe(self, route: str, cors: str, status: int, duration_ms: float) -> None:
+    def observe(self, route: str, cors: str, status: int, duration_ms: float, shadow_cors: str | None) -> None:
+        """One request served; `shadow_cors`: the decision of the route's candidate CORS table, if any."""
         key = (route, cors, status)
         counter = self._request_children.get(key)
         if counter is None:
@@ -140,6 +150,8 @@ class Metrics:
         if histogram is None:
             histogram = self._duration_children[route] = self.duration.labels(route)
         histogram.observe(duration_ms / 1000)
+        if shadow_cors is not None and shadow_cors != cors:
+            self.shadow_diffs.labels(route, cors, shadow_cors).inc()
 
     def render(self) -> bytes:
         return generate_latest(self._registry)

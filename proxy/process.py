@@ -36,7 +36,15 @@ async def serve(config: Config, config_path: str | None, overrides: dict | None,
     `admin_sock`: the admin listener's socket, bound by the parent of the workers; `watch`:
     reload when the config file changes; `reload_peers`: how a reload reaches the other workers.
     """
-    server = ProxyServer(config, config_path, overrides)
+    metrics = None
+    if config.admin is not None:
+        # Metrics are read only through the admin listener: without one, prometheus-client is
+        # never imported and nothing is counted (docs/DECISIONS.md). `[admin]` is read at start
+        # only, like `listen`, so a reload cannot add a reader.
+        from proxy.metrics import Metrics
+
+        metrics = Metrics(config.sha256)
+    server = ProxyServer(config, config_path, overrides, metrics)
     server.reload_peers = reload_peers
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -47,11 +55,11 @@ async def serve(config: Config, config_path: str | None, overrides: dict | None,
     if announce is not None:
         announce(address)
     admin_runner = None
-    if admin and config.admin is not None:
+    if admin and config.admin is not None and metrics is not None:
         # Imported here: aiohttp's web server is loaded only by a process with an admin listener.
         from proxy.admin import bound_address, start_admin
 
-        admin_runner = await start_admin(server, config.admin.listen, admin_sock)
+        admin_runner = await start_admin(server, metrics, config.admin.listen, admin_sock)
     watcher = None
     if watch and config_path is not None:
         from proxy.watch import start_watch

@@ -12,6 +12,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from proxy import events, logs
 from proxy.config import load_config
@@ -20,11 +21,13 @@ from proxy.errors import ConfigError
 from proxy.exchange import exchange
 from proxy.http1 import BadRequest, RequestHead, refusal, serialize_head
 from proxy.listeners import bind_listeners
-from proxy.metrics import Metrics
 from proxy.model import Config, Endpoint, Limits
 from proxy.routing import Router
 from proxy.state import ServingState
 from proxy.upstream import UpstreamClient
+
+if TYPE_CHECKING:
+    from proxy.metrics import Metrics
 
 DRAIN_SECONDS = 10.0
 
@@ -39,13 +42,13 @@ class Reloaded:
 
 
 class ProxyServer:
-    def __init__(self, config: Config, config_path: str | None, overrides: dict | None):
+    def __init__(self, config: Config, config_path: str | None, overrides: dict | None, metrics: Metrics | None):
         self.config_path = config_path
         self.overrides = overrides
         self.connections: set[ClientConnection] = set()
         self.stopping = False
         self.in_flight = 0
-        self.metrics = Metrics(config.sha256)
+        self.metrics = metrics
         # With workers: tells the other workers to reload (set in the worker that has the admin listener).
         self.reload_peers: Callable[[], None] | None = None
         self._servers: list[asyncio.base_events.Server] = []
@@ -85,14 +88,17 @@ class ProxyServer:
         self.connections.discard(conn)
 
     async def handle(self, conn: ClientConnection, head: RequestHead) -> bool:
+        metrics = self.metrics
         self.in_flight += 1
-        self.metrics.in_flight.inc()
+        if metrics is not None:
+            metrics.in_flight.inc()
         self._idle.clear()
         try:
             return await exchange(self.state, conn, head)
         finally:
             self.in_flight -= 1
-            self.metrics.in_flight.dec()
+            if metrics is not None:
+                metrics.in_flight.dec()
             if self.in_flight == 0:
                 self._idle.set()
 

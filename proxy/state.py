@@ -7,14 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from proxy.connection import ClientConnection
 from proxy.http1 import BadRequest
 from proxy.logs import Logger
-from proxy.metrics import Metrics
 from proxy.model import Config
 from proxy.routing import Router
 from proxy.upstream import UpstreamClient
+
+if TYPE_CHECKING:
+    from proxy.metrics import Metrics
 
 
 @dataclass(slots=True)
@@ -23,7 +26,7 @@ class ServingState:
     router: Router
     client: UpstreamClient
     log: Logger
-    metrics: Metrics
+    metrics: Metrics | None  # None without an admin listener: nothing could read them
     stopping: Callable[[], bool]
     admit: Callable[[], bool]
     refuse: Callable[[ClientConnection, BadRequest], None]  # a refusal before routing (logged bad_request)

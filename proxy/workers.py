@@ -14,12 +14,15 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from proxy import events, logs, metrics
+from proxy import events, logs
 from proxy.config import load_config
 from proxy.errors import ConfigError, ListenError
 from proxy.model import Config, Endpoint
+
+if TYPE_CHECKING:
+    from proxy.metrics import SharedValues
 
 
 class Worker(NamedTuple):
@@ -96,8 +99,11 @@ def run_workers(config: Config, config_path: str | None, overrides: dict | None,
     reserved = reserve_port(config.proxy.listen)  # bound, never listening: holds the port
     admin = admin_socket(config.admin.listen) if config.admin is not None else None
     port = reserved.getsockname()[1]
-    # Without an admin listener nobody reads the metrics: no shared files then.
-    shared_metrics = metrics.share_between_processes() if admin is not None else None
+    shared_metrics: SharedValues | None = None
+    if admin is not None:  # without an admin listener nothing counts metrics (proxy.process.serve)
+        from proxy.metrics import share_between_processes
+
+        shared_metrics = share_between_processes()
     workers: dict[int, int] = {}  # pid -> worker index
     stopping = False
 
@@ -151,7 +157,7 @@ def run_workers(config: Config, config_path: str | None, overrides: dict | None,
         pid, status = os.wait()
         index = workers.pop(pid, None)
         if shared_metrics is not None:
-            metrics.worker_exited(shared_metrics, pid)
+            shared_metrics.worker_exited(pid)
         if index is None or stopping:
             continue
         events.worker_died(log, pid, index, os.waitstatus_to_exitcode(status))
@@ -160,5 +166,5 @@ def run_workers(config: Config, config_path: str | None, overrides: dict | None,
             spawn(index)
     reserved.close()
     if shared_metrics is not None:
-        metrics.stop_sharing(shared_metrics)
+        shared_metrics.remove()
     return 0
