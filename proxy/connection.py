@@ -174,7 +174,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _skip_empty_lines(self) -> None:
         # RFC 9112 §2.2: ignore empty lines before a request line.
-        while self.buffer[:2] == b"\r\n":
+        while self.buffer.startswith(b"\r\n"):
             del self.buffer[:2]
 
     async def body(self, head: RequestHead, max_bytes: int, on_start: Callable[[], None]) -> AsyncIterator[bytes]:

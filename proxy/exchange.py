@@ -116,27 +116,23 @@ async def exchange(state: ServingState, conn: ClientConnection, head: RequestHea
     except BadRequest as ambiguous:  # refused before routing, like a malformed head
         state.refuse(conn, ambiguous)
         return False
-    record = RequestRecord(head, request.info, request.decision, request.shadow)
+    decision, action = request.decision, request.action
+    record = RequestRecord(head, request.info, decision, request.shadow)
     try:
-        return await _respond(state, conn, request, record)
+        # Answer from the proxy, tunnel or forward; whether the connection may stay open.
+        keep_alive = head.keep_alive and not state.stopping()
+        if not state.admit():
+            return send_answer(conn, decision, OVERLOADED, False, record)
+        if isinstance(action, Answer):
+            # A proxy-made answer leaves the request body unread, and unread bytes would be parsed
+            # as the next request: such a connection ends with the answer.
+            return send_answer(conn, decision, action, keep_alive and not head.has_body and not action.closes, record)
+        if isinstance(action, Tunnel):
+            return await _tunnel(state, conn, request, action.upstream, record)
+        return await forward(state, conn, request, action.upstream, keep_alive, record)
     finally:
         # Exactly one log line per request, also when the client went away (499).
         events.request(state.log, state.metrics, record, state.console)
-
-
-async def _respond(state: ServingState, conn: ClientConnection, request: Prepared, record: RequestRecord) -> bool:
-    """Answer from the proxy, tunnel or forward; whether the connection may stay open."""
-    head, decision, action = request.head, request.decision, request.action
-    keep_alive = head.keep_alive and not state.stopping()
-    if not state.admit():
-        return send_answer(conn, decision, OVERLOADED, False, record)
-    if isinstance(action, Answer):
-        # A proxy-made answer leaves the request body unread, and unread bytes would be parsed
-        # as the next request: such a connection ends with the answer.
-        return send_answer(conn, decision, action, keep_alive and not head.has_body and not action.closes, record)
-    if isinstance(action, Tunnel):
-        return await _tunnel(state, conn, request, action.upstream, record)
-    return await forward(state, conn, request, action.upstream, keep_alive, record)
 
 
 def send_answer(conn: ClientConnection, decision: Decision, action: Answer, keep_alive: bool, record: RequestRecord) -> bool:

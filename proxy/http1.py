@@ -415,7 +415,9 @@ def status_line(status: int) -> bytes:
 
 def field_lines(headers: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> bytes:
     """Header lines, `name: value` CRLF each."""
-    return "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1")
+    if not headers:
+        return b""
+    return ("\r\n".join(map(": ".join, headers)) + "\r\n").encode("latin-1")
 
 
 def serialize_fields(headers: list[tuple[str, str]]) -> bytes:

@@ -8,6 +8,8 @@ long while streaming) stay with the server.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from operator import itemgetter
 from typing import Final, NamedTuple, Protocol
 
 from proxy.forwarding import relayed_positions
@@ -89,10 +91,10 @@ def answer_response(decision: Decision, answer: Answer) -> tuple[EditResult, byt
 # keyed by the identity of the edits (`decide` remembers those; each entry holds its edits, so
 # the identity stays theirs) and the names as received; it holds the Connection values it was
 # made with, and is used only while they are the same.
-# (edits, (position, value) of each Connection field, positions kept, fields added and their
-# lines, set_names, removed_names)
-_Relay = tuple[tuple[PolicyEdit, ...], tuple[tuple[int, str], ...], tuple[int, ...], tuple[Header, ...], bytes,
-               tuple[str, ...], tuple[str, ...]]
+# (edits, (position, value) of each Connection field, the picker of the fields kept, the fields
+# added and their lines, set_names, removed_names)
+_Relay = tuple[tuple[PolicyEdit, ...], tuple[tuple[int, str], ...], Callable[[list[Header]], tuple[Header, ...]],
+               tuple[Header, ...], bytes, tuple[str, ...], tuple[str, ...]]
 _RELAYS: LruCache[_Relay] = LruCache(1024)
 MAX_PLAN_HEADERS: Final = 48
 
@@ -101,23 +103,33 @@ def relayed_head(edits: tuple[PolicyEdit, ...], headers: list[Header], own_origi
     """An upstream response's header fields as relayed to the client (`headers` not modified):
     without the hop-by-hop ones (`proxy.forwarding.relayed_positions`), edited by `apply_edits`;
     and those fields as header lines (`proxy.http1.field_lines`), for the head to send."""
-    names = tuple([name for name, _ in headers])
+    names = tuple(map(_NAME, headers))
     key = (id(edits), names)
     relay = _RELAYS.get(key)
     if relay is not None and relay[0] is edits:
-        _, connection, kept_at, added, added_lines, set_names, removed = relay
+        _, connection, pick, added, added_lines, set_names, removed = relay
         for at, value in connection:
             if headers[at][1] != value:
                 break
         else:
-            kept = [headers[i] for i in kept_at]
-            return EditResult(kept + list(added), list(set_names), list(removed)), field_lines(kept) + added_lines
+            kept = pick(headers)
+            return EditResult([*kept, *added], list(set_names), list(removed)), field_lines(kept) + added_lines
     positions = relayed_positions(headers)
     result, keep = apply_edits_kept(edits, [headers[i] for i in positions], own_origin)
     connection = tuple((at, value) for at, (name, value) in enumerate(headers) if name.lower() == "connection")
     if (keep is not None and len(names) <= MAX_PLAN_HEADERS
             and sum(map(len, names)) + sum(len(value) for _, value in connection) <= MAX_KEY_CHARS):
         added = tuple(result.headers[len(keep):])
-        _RELAYS.put(key, (edits, connection, tuple(positions[k] for k in keep), added, field_lines(added),
+        _RELAYS.put(key, (edits, connection, _picker([positions[k] for k in keep]), added, field_lines(added),
                           tuple(result.set_names), tuple(result.removed_names)))
     return result, field_lines(result.headers)
+
+
+_NAME = itemgetter(0)
+
+
+def _picker(positions: list[int]) -> Callable[[list[Header]], tuple[Header, ...]]:
+    """The fields at `positions` of a list, as a tuple, in one C call when there are several."""
+    if len(positions) > 1:
+        return itemgetter(*positions)
+    return lambda headers: tuple([headers[at] for at in positions])

@@ -407,8 +407,10 @@ class ConnectionPool:
             if conn.transport is not None:
                 conn.transport.close()
             return
-        idle = self._idle.setdefault(conn.key, [])
-        if len(idle) >= MAX_IDLE_PER_ORIGIN:
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            idle = self._idle[conn.key] = []
+        elif len(idle) >= MAX_IDLE_PER_ORIGIN:
             conn.transport.close()
             return
         conn.idle_since = conn.loop.time()
