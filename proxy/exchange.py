@@ -267,6 +267,7 @@ async def _relay_body(conn: ClientConnection, chunks: AsyncGenerator[bytes, None
             if not data:
                 continue
             conn.write(chunk(data) if chunked else data)
+            del data  # handed to the transport: not held while the client drains and the next piece comes
             await conn.drain()
     if chunked:
         conn.write(LAST_CHUNK)

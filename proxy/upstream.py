@@ -325,6 +325,9 @@ class UpstreamConnection(asyncio.Protocol):
                 data = self._body.popleft()
                 self._consumed(len(data))
                 yield data
+                # Let go of the piece before waiting for the next one: held until then, each
+                # stream kept its last read (up to 256 KiB) while the upstream sent nothing.
+                del data
                 continue
             if self.complete:
                 return
