@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from aiohttp import web
 
 from harness import SEEN, Reader, StaticNginx, config_text, request_bytes
+from proxy.exchange import _relay_body
 from proxy.upstream import MAX_RESPONSE_HEAD, UpstreamClient, UpstreamFailure
 
 HOST = [("Host", "upstream.test")]
@@ -69,6 +71,49 @@ def test_keep_alive_connections_are_reused():
         for _ in range(3):
             assert await body_of(await client.send(key, "GET", "/", HOST, None)) == b"ok"
         assert len(seen) == 1
+
+    run(scenario)(handler)
+
+
+def test_a_relayed_body_piece_is_let_go_while_the_next_one_is_awaited():
+    """Once a body piece is handed to the client's transport nothing of coxp's holds it while
+    the upstream sends the next: 64 streams each keeping their last read (up to 256 KiB) were
+    a quarter of the peak memory under 64 concurrent 1 MiB bodies (bench/NOTES.md)."""
+    more = asyncio.Event()
+
+    async def handler(reader, writer, _):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nfirst")
+        await more.wait()
+        writer.write(b"end")
+        await writer.drain()
+
+    class Client:
+        """What the relay writes to (a `ClientConnection`'s `write` and `drain`)."""
+
+        def __init__(self) -> None:
+            self.written: list[bytes] = []
+            self.wrote = asyncio.Event()
+
+        def write(self, data: bytes) -> None:
+            self.written.append(data)
+            self.wrote.set()
+
+        async def drain(self) -> None:
+            pass
+
+    async def scenario(client, key, seen):
+        response = await client.send(key, "GET", "/", HOST, None)
+        sink = Client()
+        relay = asyncio.ensure_future(_relay_body(sink, response.chunks(), chunked=False))
+        await sink.wrote.wait()  # the relay went on to wait for the upstream's next piece
+        assert sink.written == [b"first"]
+        references = sys.getrefcount(sink.written[0])
+        assert references == 2  # the list's and getrefcount's own argument
+        more.set()
+        await relay
+        assert sink.written == [b"first", b"end"]
+        response.release()
 
     run(scenario)(handler)
 
