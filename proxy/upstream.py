@@ -27,6 +27,7 @@ import httptools
 
 from proxy.aio import Deadline
 from proxy.http1 import LAST_CHUNK, chunk, list_elements, serialize_request_head
+from proxy.memo import LruCache
 from proxy.model import ProxySettings
 from proxy.standards import TOKEN
 
@@ -50,6 +51,15 @@ _INTERIM_STATUS_LINE = re.compile(rb"HTTP/1\.[01] 1[0-9][0-9]")
 def repair_head(head: bytes) -> bytes:
     """`head` (response heads only, never body bytes) without whitespace before field colons."""
     return _SPACE_BEFORE_COLON.sub(rb"\1:", head)
+
+
+# Upstreams repeat their response heads byte for byte (a static file's head changes with its
+# Date, once a second). The fields llhttp reported for a head are remembered by the head's bytes
+# (short heads that came whole in the response's first read), and a head seen before is fed to a
+# parser that reports no fields: the same llhttp checks and framing, without a Python call and
+# two decodes per field. Bounded by entries and by head size.
+_KNOWN_HEADS: LruCache[tuple[tuple[str, str], ...]] = LruCache(128)
+MAX_KNOWN_HEAD = 1024
 
 
 def _final_head_end(data: bytes | bytearray) -> int:
@@ -94,7 +104,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = Deadline(self.loop)  # of the wait for the response head, then for each body piece
         self.closed = False
         self.idle_since = 0.0
-        self._parser = httptools.HttpResponseParser(self)
+        # The parser of the response in progress: `_fields_parser` (reports each field), or
+        # `_known_parser` (reports none) for a head in _KNOWN_HEADS. Each stays at a message
+        # boundary while the other is in use.
+        self._fields_parser = self._parser = httptools.HttpResponseParser(self)
+        self._known_parser: httptools.HttpResponseParser | None = None
         self.ignore_body = False
         self._repaired = False
         self._spare: socket.socket | None = None
@@ -104,7 +118,9 @@ class UpstreamConnection(asyncio.Protocol):
         """Fresh per-exchange state; llhttp itself is ready for the next response once one ends,
         except after a HEAD, whose announced body it would still wait for."""
         if self.ignore_body or self._repaired:
-            self._parser = httptools.HttpResponseParser(self)
+            self._fields_parser = httptools.HttpResponseParser(self)
+            self._known_parser = None
+        self._parser = self._fields_parser
         self._close_spare()
         self.head_future: asyncio.Future[None] | None = None
         self.status = 0
@@ -118,6 +134,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.received_any = False
         self.ignore_body = False  # HEAD: llhttp cannot be told, so the message ends at its head
         self._head_pieces: list[bytes] = []  # what was fed before the head was complete
+        self._head_key: bytes | None = None  # the head's bytes, to remember its fields by (_KNOWN_HEADS)
         self._repairing: bytearray | None = None  # a head collected whole, to be repaired
         self._repaired = False
         self._body: collections.deque[bytes] = collections.deque()
@@ -137,6 +154,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._parse_repaired(self._repairing)
             return
         if not self.head_done:
+            if not self.head_bytes:
+                self._start_head(data)
             self.head_bytes += len(data)
             self._head_pieces.append(data)
         try:
@@ -154,6 +173,21 @@ class UpstreamConnection(asyncio.Protocol):
         if self.head_size > MAX_RESPONSE_HEAD or (not self.head_done and self.head_bytes > MAX_RESPONSE_HEAD):
             self._fail(invalid("upstream-head-too-large", f"response head over {MAX_RESPONSE_HEAD} bytes"))
 
+    def _start_head(self, data: bytes) -> None:
+        """The response's first bytes: a head known by its bytes is parsed without its fields."""
+        end = data.find(b"\r\n\r\n", 0, MAX_KNOWN_HEAD)
+        if end < 0:
+            return
+        head = data[: end + 4]
+        known = _KNOWN_HEADS.get(head)
+        if known is None:
+            self._head_key = head
+            return
+        self.headers = list(known)
+        if self._known_parser is None:
+            self._known_parser = httptools.HttpResponseParser(_KnownFields(self))
+        self._parser = self._known_parser
+
     def _parse_repaired(self, data: bytearray) -> None:
         """Parse the collected head `data` again, without whitespace before colons, once it is whole."""
         end = _final_head_end(data)
@@ -167,8 +201,8 @@ class UpstreamConnection(asyncio.Protocol):
         if repaired == head:
             self._fail(invalid("upstream-invalid-response", "malformed response head"))
             return
-        self._repaired = True  # the next exchange starts with a fresh parser
-        self._parser = httptools.HttpResponseParser(self)
+        self._repaired = True  # the next exchange starts with fresh parsers
+        self._parser = self._fields_parser = httptools.HttpResponseParser(self)
         self.headers = []
         self.head_size = len("HTTP/1.1 200 \r\n\r\n")
         self.head_bytes = 0
@@ -246,9 +280,14 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200:
             # 1xx interim responses (100 Continue, 103 Early Hints) are not relayed.
             self.headers = []
+            self._head_key = None  # the bytes remembered would be the interim head's
             return
         self.head_done = True
         self._head_pieces.clear()
+        if self._head_key is not None:
+            if not self._repaired:
+                _KNOWN_HEADS.put(self._head_key, tuple(self.headers))
+            self._head_key = None
         # Asked now: llhttp forgets the message's Connection semantics once it completes.
         self.keep_alive = self._parser.should_keep_alive()
         if self.ignore_body:
@@ -424,6 +463,18 @@ class ConnectionPool:
             for conn in idle:
                 conn.transport.close()
         self._idle.clear()
+
+
+class _KnownFields:
+    """An UpstreamConnection's httptools callbacks but `on_header`: a parser made with this one
+    reports no fields, for a head whose fields are known from its bytes."""
+
+    __slots__ = ("on_headers_complete", "on_body", "on_message_complete")
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self.on_headers_complete = conn.on_headers_complete
+        self.on_body = conn.on_body
+        self.on_message_complete = conn.on_message_complete
 
 
 class UpstreamResponse:

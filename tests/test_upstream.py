@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import ssl
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -148,6 +149,56 @@ def test_head_response_ends_at_its_head_and_the_connection_stays_usable():
         assert await body_of(head) == b""
         assert await body_of(await client.send(key, "GET", "/", HOST, None)) == b"get"
         assert len(seen) == 1
+
+    run(scenario)(handler)
+
+
+def test_a_response_head_seen_before_is_read_the_same_with_its_framing():
+    """A head repeated byte for byte is parsed without reporting its fields (they are known from
+    its bytes): the same status, fields and body, chunked framing included, on one connection."""
+    token = secrets.token_hex(8).encode()
+    repeated = b"HTTP/1.1 200 OK\r\nX-Token: " + token + b"\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    last = b"HTTP/1.1 202 Accepted\r\nX-Token: " + token + b"\r\nContent-Length: 2\r\n\r\nok"
+
+    async def handler(reader, writer, _):
+        for answer in (repeated, repeated, repeated, last):
+            await read_request(reader)
+            writer.write(answer)
+        await writer.drain()
+
+    async def scenario(client, key, seen):
+        for _ in range(3):
+            response = await client.send(key, "GET", "/", HOST, None)
+            assert (response.status, response.headers) == (200, [("X-Token", token.decode()), ("Transfer-Encoding", "chunked")])
+            assert await body_of(response) == b"abc"
+        response = await client.send(key, "GET", "/", HOST, None)
+        assert (response.status, response.headers) == (202, [("X-Token", token.decode()), ("Content-Length", "2")])
+        assert await body_of(response) == b"ok"
+        assert len(seen) == 1
+
+    run(scenario)(handler)
+
+
+def test_an_interim_head_is_never_remembered_for_the_final_head_after_it():
+    """A 103 and the final head in one read: the fields remembered by the first head's bytes
+    would be the final head's, and the next response with the same 103 would get them."""
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </" + secrets.token_hex(8).encode() + b".css>\r\n\r\n"
+    finals = [b"HTTP/1.1 200 OK\r\nX-First: 1\r\nContent-Length: 1\r\n\r\n!",
+              b"HTTP/1.1 201 Created\r\nX-Second: 2\r\nContent-Length: 1\r\n\r\n?"]
+
+    async def handler(reader, writer, _):
+        for final in finals:
+            await read_request(reader)
+            writer.write(early + final)
+        await writer.drain()
+
+    async def scenario(client, key, seen):
+        first = await client.send(key, "GET", "/", HOST, None)
+        assert (first.status, first.headers) == (200, [("X-First", "1"), ("Content-Length", "1")])
+        assert await body_of(first) == b"!"
+        second = await client.send(key, "GET", "/", HOST, None)
+        assert (second.status, second.headers) == (201, [("X-Second", "2"), ("Content-Length", "1")])
+        assert await body_of(second) == b"?"
 
     run(scenario)(handler)
 
