@@ -60,7 +60,9 @@ class Deadline:
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
-        if self._loop.time() >= self._when:
+        # Compared with the time the timer was armed for, not with the clock: a loop's clock
+        # (uvloop's counts milliseconds) may read a little short of a deadline its timer met.
+        if self._when <= self._timer_when:
             self._waiter = None
             waiter.set_exception(TimeoutError())
         else:

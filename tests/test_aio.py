@@ -108,3 +108,16 @@ def test_a_stopped_wait_is_not_failed_and_close_drops_the_timer(loop):
     assert clock.armed() == []
     clock.advance(40.0)
     assert not waiter.done()
+
+
+def test_a_timer_that_fires_for_the_current_deadline_expires_the_wait_whatever_the_clock_reads(loop):
+    """uvloop's clock counts milliseconds and runs a timer due in under half of one at once: the
+    wait expires when its timer fires (as a timer handle per wait did), rather than re-arming
+    over and over until the clock catches up."""
+    clock = Clock()
+    deadline = Deadline(clock)  # type: ignore[arg-type]
+    waiter = loop.create_future()
+    deadline.start(waiter, 10.0)
+    clock.now = 9.9996
+    clock.timers.pop().callback()
+    assert timed_out(waiter) and clock.armed() == []
