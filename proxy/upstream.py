@@ -58,7 +58,7 @@ def repair_head(head: bytes) -> bytes:
 # (short heads that came whole in the response's first read), and a head seen before is fed to a
 # parser that reports no fields: the same llhttp checks and framing, without a Python call and
 # two decodes per field. Bounded by entries and by head size.
-_KNOWN_HEADS: LruCache[tuple[tuple[str, str], ...]] = LruCache(128)
+_KNOWN_HEADS: LruCache[tuple[tuple[tuple[str, str], ...], int | None]] = LruCache(128)  # fields, Content-Length
 MAX_KNOWN_HEAD = 1024
 
 
@@ -125,6 +125,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_future: asyncio.Future[None] | None = None
         self.status = 0
         self.headers: list[tuple[str, str]] = []
+        self.content_length: int | None = None
         self.head_bytes = 0
         self.head_size = len("HTTP/1.1 200 \r\n\r\n")
         self.head_done = False
@@ -183,7 +184,8 @@ class UpstreamConnection(asyncio.Protocol):
         if known is None:
             self._head_key = head
             return
-        self.headers = list(known)
+        fields, self.content_length = known
+        self.headers = list(fields)
         if self._known_parser is None:
             self._known_parser = httptools.HttpResponseParser(_KnownFields(self))
         self._parser = self._known_parser
@@ -284,9 +286,11 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.head_done = True
         self._head_pieces.clear()
+        if self._parser is not self._known_parser:
+            self.content_length = _content_length(self.headers)
         if self._head_key is not None:
             if not self._repaired:
-                _KNOWN_HEADS.put(self._head_key, tuple(self.headers))
+                _KNOWN_HEADS.put(self._head_key, (tuple(self.headers), self.content_length))
             self._head_key = None
         # Asked now: llhttp forgets the message's Connection semantics once it completes.
         self.keep_alive = self._parser.should_keep_alive()
@@ -490,7 +494,7 @@ class UpstreamResponse:
     ) -> None:
         self.status = conn.status
         self.headers = conn.headers
-        self.content_length = _content_length(conn.headers)
+        self.content_length = conn.content_length
         self._conn = conn
         self._pool = pool
         self._read_timeout = read_timeout
