@@ -154,12 +154,15 @@ class ClientConnection(asyncio.Protocol):
 
         A new connection must deliver a whole head within `header_timeout`; on a kept-alive
         one `keepalive_timeout` runs until the first byte, then `header_timeout` for the head.
+        After each wait the head is judged by the limits serving then (`handler.limits()`): a
+        reload while the connection waited applies to the head it was waiting for.
         """
         loop = self.loop
         try:
             self._skip_empty_lines()
             if not self.buffer and not first:
                 await self._receive(loop.time() + limits.keepalive_timeout)
+                limits = self.handler.limits()
             deadline = loop.time() + limits.header_timeout
             while True:
                 self._skip_empty_lines()
@@ -169,6 +172,7 @@ class ClientConnection(asyncio.Protocol):
                     del self.buffer[:end]
                     return parse_head(head, limits)
                 await self._receive(deadline)
+                limits = self.handler.limits()
         except (TimeoutError, ClientGone):
             return None
 
