@@ -5,6 +5,7 @@ from typing import NamedTuple
 
 import pytest
 
+from harness import Reader, config_text, request_bytes
 from proxy.config import load_config_text
 from proxy.http1 import field_lines
 from proxy.plan import (
@@ -166,3 +167,91 @@ def test_a_relay_plan_is_not_used_for_a_head_whose_connection_names_other_fields
     named, lines = relayed_head(edits, list(zip(names, ("two", "X-Internal", "2"), strict=True)), None)
     assert [h for h in named.headers if h[0] in names] == [("Date", "two")]
     assert b"X-Internal" not in lines
+
+
+# --- through real sockets: each upstream response relayed from its own values -------------------
+
+
+def sequence_upstream(raw_upstream, answers: list[bytes]):
+    """A RawUpstream answering the requests it gets, on whatever connections, with `answers` in
+    order; it closes a connection after an answer that says `Connection: close`."""
+    pending = iter(answers)
+
+    async def serve(reader, writer, head) -> None:
+        for answer in pending:
+            writer.write(answer)
+            await writer.drain()
+            if b"\r\nConnection: close\r\n" in answer:
+                return
+            await reader.readuntil(b"\r\n\r\n")
+
+    return raw_upstream(serve)
+
+
+CORS = '[[routes]]\nname = "api"\npaths = ["/*"]\n[routes.cors]\nallow_origins = ["https://a.test"]\n'
+GET_A = request_bytes("GET", "/r", [("Origin", "https://a.test")], host="proxy.test")
+
+
+def test_responses_with_the_same_field_names_are_relayed_each_from_its_own_connection_values(coxp, raw_upstream):
+    """The same names, in the same order, five times (one remembered relay plan); each
+    Connection value names its own hop-by-hop fields, `close` ends only the upstream connection,
+    repeated fields keep their own values and order."""
+    connections = ["X-A", "X-B", "keep-alive", "close", "x-a, keep-alive"]
+    answers = [(f"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: {connection}\r\nX-A: a{i}\r\nX-B: b{i}\r\n"
+                f"X-D: d{i}\r\nX-D: e{i}\r\n\r\n{i}").encode() for i, connection in enumerate(connections)]
+    server = sequence_upstream(raw_upstream, answers)
+    proxy = coxp(config_text(server.url, extra=CORS))
+    with proxy.connect() as sock:
+        reader = Reader(sock)
+        for i, connection in enumerate(connections):
+            sock.sendall(GET_A)
+            response = reader.response()
+            dropped = {t.strip().lower() for t in connection.split(",")}
+            expected = [(name, f"{name[-1].lower()}{i}") for name in ("X-A", "X-B") if name.lower() not in dropped]
+            assert [h for h in response.headers if h[0] in ("X-A", "X-B")] == expected, connection
+            assert (response.values("x-d"), response.body) == ([f"d{i}", f"e{i}"], str(i).encode()), connection
+            assert response.value("access-control-allow-origin") == "https://a.test"
+            assert response.value("connection") is None, connection  # the client's connection stays
+    assert len(server.heads) == 2  # the upstream's close ended its first connection
+
+
+def test_vary_set_cookie_and_location_are_edited_from_each_response_own_values(coxp, raw_upstream):
+    cookies = '[routes.cookies]\nsamesite = "none"\nsecure = true\n'
+    answers: list[bytes] = []
+    server = sequence_upstream(raw_upstream, answers)
+    own = f"http://127.0.0.1:{server.port}"
+    for vary, cookie, location in (("Accept", "a=1; Path=/", f"{own}/one"), ("Cookie", "b=2", "/two"),
+                                   ("Accept-Language", "c=3; HttpOnly", f"{own}/three?x")):
+        answers.append(f"HTTP/1.1 302 Found\r\nContent-Length: 0\r\nVary: {vary}\r\nSet-Cookie: {cookie}\r\n"
+                       f"Location: {location}\r\n\r\n".encode())
+    expected = [("Accept, Origin", "a=1; Path=/; SameSite=None; Secure", "http://proxy.test/one"),
+                ("Cookie, Origin", "b=2; SameSite=None; Secure", "/two"),
+                ("Accept-Language, Origin", "c=3; HttpOnly; SameSite=None; Secure", "http://proxy.test/three?x")]
+    proxy = coxp(config_text(server.url, extra=CORS + cookies))
+    with proxy.connect() as sock:
+        reader = Reader(sock)
+        for vary, cookie, location in expected:
+            sock.sendall(GET_A)
+            response = reader.response()
+            got = (response.values("vary"), response.values("set-cookie"), response.values("location"))
+            assert got == ([vary], [cookie], [location])
+
+
+def test_200_304_204_with_the_same_field_names_keep_their_framing(coxp, raw_upstream):
+    """A 304 and a 204 after a 200 with the same names: neither gets a body, the 204 loses its
+    Content-Length (RFC 9110 §8.6), and the connection carries the next 200 intact."""
+    answers = [b"HTTP/1.1 %d X\r\nContent-Length: %d\r\nETag: \"%d\"\r\n\r\n" % (status, length, i) + body
+               for i, (status, length, body) in enumerate([(200, 3, b"abc"), (304, 3, b""), (204, 0, b""),
+                                                          (200, 2, b"de")])]
+    server = sequence_upstream(raw_upstream, answers)
+    proxy = coxp(config_text(server.url, extra=CORS))
+    with proxy.connect() as sock:
+        reader = Reader(sock)
+        got = []
+        for _ in answers:
+            sock.sendall(GET_A)
+            response = reader.response()
+            got.append((response.status, response.values("content-length"), response.value("etag"), response.body))
+    assert got == [(200, ["3"], '"0"', b"abc"), (304, ["3"], '"1"', b""), (204, [], '"2"', b""),
+                   (200, ["2"], '"3"', b"de")]
+    assert len(server.heads) == 1
