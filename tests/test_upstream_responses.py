@@ -118,3 +118,35 @@ def test_a_request_the_upstream_answered_is_logged_with_its_status_when_the_clie
     event = proxy.wait_event("request")
     assert (event["status"], event["upstream_status"]) == (499, status)
     assert event["headers_set"] == ["cross-origin-resource-policy"]
+
+
+def test_a_known_head_answering_head_get_and_new_heads_on_one_upstream_connection(coxp, raw_upstream):
+    """Response heads known by their bytes (parsed without their fields) interleaved with new
+    ones, a HEAD among them (its announced body never comes) and a field-line repair: each
+    response relayed with its own fields and body, all on one upstream connection."""
+    token = unique()
+    known = f"HTTP/1.1 200 OK\r\nX-Token: {token}\r\nContent-Length: 5\r\n\r\n".encode()
+    new = f"HTTP/1.1 201 Created\r\nX-Other: {token}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    repaired = f"HTTP/1.1 200 OK\r\nX-Token : {token}\r\nContent-Length: 5\r\n\r\n".encode()
+    plan = [("GET", known + b"first"), ("GET", known + b"again"), ("HEAD", known), ("GET", new + b"2\r\nhi\r\n0\r\n\r\n"),
+            ("GET", known + b"third"), ("GET", repaired + b"fixed"), ("HEAD", known), ("GET", known + b"fifth")]
+
+    async def serve(reader, writer, head) -> None:
+        for _, answer in plan:
+            writer.write(answer)
+            await writer.drain()
+            await reader.readuntil(b"\r\n\r\n")
+
+    server = raw_upstream(serve)
+    proxy = coxp(config_text(server.url))
+    got = []
+    with proxy.connect() as sock:
+        reader = Reader(sock)
+        for method, _ in plan:
+            sock.sendall(request_bytes(method, "/k", host="app.test"))
+            response = reader.response(method)
+            got.append((response.status, response.value("x-token"), response.value("x-other"), response.body))
+    assert got == [(200, token, None, b"first"), (200, token, None, b"again"), (200, token, None, b""),
+                   (201, None, token, b"hi"), (200, token, None, b"third"), (200, token, None, b"fixed"),
+                   (200, token, None, b""), (200, token, None, b"fifth")]
+    assert [head.split(b" ", 1)[0] for head in server.heads] == [b"GET"]  # one upstream connection
