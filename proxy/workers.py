@@ -14,6 +14,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
 from proxy import events, logs
@@ -94,6 +95,15 @@ def _worker(config: Config, serve_worker: ServeWorker, port: int, index: int, ad
     return serve_worker(config, Worker(sock, True, admin, lambda: os.kill(parent, signal.SIGUSR1)))
 
 
+def start_only_kept(reloaded: Config, started: Config) -> Config:
+    """`reloaded` with the settings read at start only (`listen`, `workers`, the TLS certificate,
+    `[admin]`) as coxp `started` with: a worker restarted after a reload serves the new routes
+    on the listeners the others have (docs/DECISIONS.md, "Reload")."""
+    proxy = replace(reloaded.proxy, listen=started.proxy.listen, workers=started.proxy.workers,
+                    tls_cert=started.proxy.tls_cert, tls_key=started.proxy.tls_key)
+    return replace(reloaded, proxy=proxy, admin=started.admin)
+
+
 def run_workers(config: Config, config_path: str | None, overrides: dict | None, serve_worker: ServeWorker) -> int:
     log = logs.get_logger()
     reserved = reserve_port(config.proxy.listen)  # bound, never listening: holds the port
@@ -117,11 +127,13 @@ def run_workers(config: Config, config_path: str | None, overrides: dict | None,
                 os._exit(code)
         workers[pid] = index
 
+    started = config
+
     def reload_config() -> None:
         nonlocal config
         if config_path is not None:
             try:
-                config = load_config(config_path, overrides)  # what a restarted worker will use
+                config = start_only_kept(load_config(config_path, overrides), started)  # what a restarted worker will use
             except ConfigError:
                 pass  # each worker logs the error itself and keeps its config
 

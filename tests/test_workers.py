@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from harness import http_request, run_cli
+from harness import free_port, http_request, run_cli
 
 CONFIG = """
 [proxy]
@@ -211,3 +211,33 @@ def test_in_flight_requests_count_across_workers_and_forget_a_dead_one(coxp, que
     for thread in threads:
         thread.join(WAIT)
     assert counted(admin_get(proxy, "/metrics").body.decode(), "coxp_in_flight_requests") == 0
+
+
+@pytest.mark.parametrize("start_with_admin", [True, False], ids=["admin-removed", "admin-added"])
+def test_a_worker_restarted_after_a_reload_keeps_the_start_only_settings(coxp, query_upstream, start_with_admin):
+    """`listen`, `workers`, TLS and `[admin]` are read at start only: a worker that replaces a
+    dead one after a reload serves the reloaded routes but the listeners coxp started with (an
+    admin listener that vanished would fail every health check; one that appeared would be a
+    reader of worker 0's metrics alone)."""
+    text = CONFIG.format(listen="127.0.0.1:0", upstream=query_upstream.url)
+    admin_listen = f"127.0.0.1:{free_port()}"
+    start_admin = f'\n[admin]\nlisten = "{admin_listen}"\n'
+    proxy = coxp(text + (start_admin if start_with_admin else ""))
+    proxy.wait_event("listening", start=1)
+    mark = proxy.mark()
+    reloaded = text.replace(ORIGIN, "https://new.example.test")
+    proxy.config_path.write_text(reloaded if start_with_admin else reloaded + start_admin)
+    proxy.signal(signal.SIGHUP)
+    proxy.wait_event("config_reloaded", count=2, start=mark)
+    before = workers_of(proxy)
+    for pid in before:
+        os.kill(pid, signal.SIGKILL)
+    proxy.wait_event("listening", count=2, start=mark, where=lambda e: e["pid"] not in before)
+    reply = http_request(proxy.port, "GET", "/api/x", [("Origin", "https://new.example.test")], host="a.test")
+    assert reply.value("Access-Control-Allow-Origin") == "https://new.example.test"
+    host, port = admin_listen.rsplit(":", 1)
+    if start_with_admin:
+        assert http_request(int(port), "GET", "/healthz", host=admin_listen).status == 200
+    else:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((host, int(port)), timeout=5).close()
