@@ -33,7 +33,7 @@ from proxy.standards import TOKEN
 
 CLOSED_WITHOUT_RESPONSE = "upstream-closed-without-response"
 MAX_RESPONSE_HEAD = 64 * 1024  # a larger upstream response head is refused (502)
-HIGH_WATER = 64 * 1024  # pause reading the upstream beyond this many unread body bytes (per connection)
+HIGH_WATER = 64 * 1024  # pause reading the upstream beyond this many body bytes not yet taken (per connection)
 MAX_IDLE_PER_ORIGIN = 512
 IDLE_SECONDS = 30.0  # kept below the common server keep-alive timeouts (nginx: 75 s)
 # What is read, after a failed write, of a response the upstream sent before it stopped reading.
@@ -366,8 +366,13 @@ class UpstreamConnection(asyncio.Protocol):
         while True:
             if self._body:
                 data = self._body.popleft()
-                self._consumed(len(data))
-                yield data
+                try:
+                    yield data
+                finally:
+                    # Taken only once the consumer is back for more, i.e. has written the piece and
+                    # waited for the client to take it: until then reading stays paused, so a slow
+                    # client holds one upstream read per stream, not that one plus the next.
+                    self._consumed(len(data))
                 # Let go of the piece before waiting for the next one: held until then, each
                 # stream kept its last read (up to 256 KiB) while the upstream sent nothing.
                 del data

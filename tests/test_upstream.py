@@ -14,7 +14,7 @@ from aiohttp import web
 
 from harness import SEEN, Reader, StaticNginx, config_text, request_bytes
 from proxy.exchange import _relay_body
-from proxy.upstream import MAX_RESPONSE_HEAD, UpstreamClient, UpstreamFailure
+from proxy.upstream import HIGH_WATER, MAX_RESPONSE_HEAD, UpstreamClient, UpstreamConnection, UpstreamFailure
 
 HOST = [("Host", "upstream.test")]
 
@@ -117,6 +117,48 @@ def test_a_relayed_body_piece_is_let_go_while_the_next_one_is_awaited():
         response.release()
 
     run(scenario)(handler)
+
+
+class PausableTransport(asyncio.Transport):
+    """An in-memory upstream transport that records whether it is being read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+def test_the_upstream_is_not_read_while_the_client_has_not_taken_the_last_piece():
+    """A body piece counts against the read-ahead window until the relay comes back for the next
+    one (it has written the piece and waited for the client to take it): a slow client holds one
+    upstream read per stream, not that one and the next (bench/NOTES.md)."""
+
+    async def main() -> list[bool]:
+        conn = UpstreamConnection(("http", "upstream.test", 80))
+        transport = PausableTransport()
+        conn.connection_made(transport)
+        conn.start(head_only=False)
+        size = HIGH_WATER + 1
+        conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (2 * size) + b"a" * size)
+        seen = [transport.reading]  # over the window: paused
+        pieces = conn.body(read_timeout=5)
+        assert await anext(pieces) == b"a" * size
+        seen.append(transport.reading)  # the relay holds the piece (writing it, waiting for the client)
+        following = asyncio.ensure_future(anext(pieces))
+        await asyncio.sleep(0)  # the relay is back for more: the piece was taken
+        seen.append(transport.reading)
+        conn.data_received(b"b" * size)
+        assert await following == b"b" * size
+        await pieces.aclose()
+        return seen
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(asyncio.run, main()).result() == [False, False, True]
 
 
 def test_a_pooled_connection_the_upstream_closed_is_replaced_without_an_error():
