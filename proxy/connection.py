@@ -295,7 +295,11 @@ class ClientConnection(asyncio.Protocol):
                 # Backpressure: the next pipelined request is read only once this response is in
                 # the kernel's hands, so a client that never reads cannot make coxp queue answers
                 # (its own or the upstream's). One that reads nothing for `keepalive_timeout` is cut off.
-                if not await self.flushed(self.handler.limits().keepalive_timeout):
+                # Usually the transport's buffer is already empty (the write went straight to the
+                # socket): then there is nothing to wait for, and no coroutine is made per request.
+                if (self.lost or self.transport.get_write_buffer_size()) and not await self.flushed(
+                    self.handler.limits().keepalive_timeout
+                ):
                     self.abort()
                     break
         except (ClientGone, asyncio.CancelledError):
