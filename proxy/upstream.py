@@ -267,7 +267,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- httptools callbacks ----------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        # After the head, llhttp reports a chunked body's trailer fields here: they are dropped
+        # (the body is re-framed without them), never merged into the head (RFC 9110 §6.5.1).
+        if not self.head_done:
+            self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()

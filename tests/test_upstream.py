@@ -221,6 +221,26 @@ def test_a_response_head_seen_before_is_read_the_same_with_its_framing():
     run(scenario)(handler)
 
 
+def test_trailer_fields_are_dropped_not_merged_into_the_head():
+    """A chunked response's trailer fields (here in the same read as its head) never become
+    fields of its head (RFC 9110 §6.5.1): the body is relayed re-framed, without them."""
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n3\r\nabc\r\n0\r\nX-Trailer: t\r\n\r\n"
+
+    async def handler(reader, writer, _):
+        for _ in range(2):
+            await read_request(reader)
+            writer.write(answer)
+        await writer.drain()
+
+    async def scenario(client, key, seen):
+        for _ in range(2):  # the head read with its fields, then known by its bytes
+            response = await client.send(key, "GET", "/", HOST, None)
+            assert response.headers == [("Transfer-Encoding", "chunked"), ("X-A", "1")]
+            assert await body_of(response) == b"abc"
+
+    run(scenario)(handler)
+
+
 def test_an_interim_head_is_never_remembered_for_the_final_head_after_it():
     """A 103 and the final head in one read: the fields remembered by the first head's bytes
     would be the final head's, and the next response with the same 103 would get them."""
