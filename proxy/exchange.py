@@ -213,7 +213,7 @@ async def forward(
         return upstream_failed(state, conn, head, upstream, decision, failure, record)
 
     try:
-        edited, fields = relayed_head(decision.edits, response.headers, request.own_origin)
+        edited, fields = relayed_head(decision.edits, response.headers, request.own_origin, response.known_fields)
         status = response.status
         record.upstream_answered(status, edited)
         no_body = no_body_status(status, head.method)

@@ -99,10 +99,35 @@ _RELAYS: LruCache[_Relay] = LruCache(1024)
 MAX_PLAN_HEADERS: Final = 48
 
 
-def relayed_head(edits: tuple[PolicyEdit, ...], headers: list[Header], own_origin: str | None) -> tuple[EditResult, bytes]:
+# A head whose fields are remembered by its bytes (`proxy.upstream` hands out the same fields
+# object for it each time) is relayed the same way each time: the whole outcome is remembered
+# by that object's identity, the edits' and the request's own origin. Each entry holds the
+# fields and the edits, so those identities stay theirs while it lives.
+_RELAYED: LruCache[tuple[tuple[PolicyEdit, ...], tuple[Header, ...], list[Header], list[str], list[str], bytes]] = (
+    LruCache(128))
+
+
+def relayed_head(edits: tuple[PolicyEdit, ...], headers: list[Header], own_origin: str | None,
+                 known: tuple[Header, ...] | None = None) -> tuple[EditResult, bytes]:
     """An upstream response's header fields as relayed to the client (`headers` not modified):
     without the hop-by-hop ones (`proxy.forwarding.relayed_positions`), edited by `apply_edits`;
-    and those fields as header lines (`proxy.http1.field_lines`), for the head to send."""
+    and those fields as header lines (`proxy.http1.field_lines`), for the head to send.
+    `known`: the remembered fields object `headers` were copied from, if any
+    (`UpstreamResponse.known_fields`)."""
+    if known is None or len(own_origin or "") > MAX_KEY_CHARS:
+        return _relayed_head(edits, headers, own_origin)
+    key = (id(edits), id(known), own_origin)
+    relayed = _RELAYED.get(key)
+    if relayed is not None and relayed[0] is edits and relayed[1] is known:
+        _, _, out, set_names, removed, lines = relayed
+        return EditResult(list(out), list(set_names), list(removed)), lines
+    result, lines = _relayed_head(edits, headers, own_origin)
+    _RELAYED.put(key, (edits, known, list(result.headers), list(result.set_names), list(result.removed_names), lines))
+    return result, lines
+
+
+def _relayed_head(edits: tuple[PolicyEdit, ...], headers: list[Header], own_origin: str | None
+                  ) -> tuple[EditResult, bytes]:
     names = tuple(map(_NAME, headers))
     key = (id(edits), names)
     relay = _RELAYS.get(key)

@@ -126,6 +126,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[str, str]] = []
         self.content_length: int | None = None
+        # The remembered fields `headers` came from (the same object for every response whose
+        # head had the same bytes), None when the head is not remembered.
+        self.known_fields: tuple[tuple[str, str], ...] | None = None
         self.head_bytes = 0
         self.head_size = len("HTTP/1.1 200 \r\n\r\n")
         self.head_done = False
@@ -186,6 +189,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         fields, self.content_length = known
         self.headers = list(fields)
+        self.known_fields = fields
         if self._known_parser is None:
             self._known_parser = httptools.HttpResponseParser(_KnownFields(self))
         self._parser = self._known_parser
@@ -293,7 +297,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.content_length = _content_length(self.headers)
         if self._head_key is not None:
             if not self._repaired:
-                _KNOWN_HEADS.put(self._head_key, (tuple(self.headers), self.content_length))
+                self.known_fields = tuple(self.headers)
+                _KNOWN_HEADS.put(self._head_key, (self.known_fields, self.content_length))
             self._head_key = None
         # Asked now: llhttp forgets the message's Connection semantics once it completes.
         self.keep_alive = self._parser.should_keep_alive()
@@ -495,7 +500,8 @@ class UpstreamResponse:
     `headers` are as the upstream sent them (hop-by-hop ones included: `proxy.forwarding`
     decides what is relayed). The reason phrase is not kept: coxp sends the standard one."""
 
-    __slots__ = ("status", "headers", "content_length", "_conn", "_pool", "_read_timeout", "_writer", "_done")
+    __slots__ = ("status", "headers", "content_length", "known_fields", "_conn", "_pool", "_read_timeout", "_writer",
+                 "_done")
 
     def __init__(
         self, conn: UpstreamConnection, pool: ConnectionPool, read_timeout: float, writer: asyncio.Future | None
@@ -503,6 +509,7 @@ class UpstreamResponse:
         self.status = conn.status
         self.headers = conn.headers
         self.content_length = conn.content_length
+        self.known_fields = conn.known_fields  # see UpstreamConnection.known_fields
         self._conn = conn
         self._pool = pool
         self._read_timeout = read_timeout

@@ -255,3 +255,19 @@ def test_200_304_204_with_the_same_field_names_keep_their_framing(coxp, raw_upst
     assert got == [(200, ["3"], '"0"', b"abc"), (304, ["3"], '"1"', b""), (204, [], '"2"', b""),
                    (200, ["2"], '"3"', b"de")]
     assert len(server.heads) == 1
+
+
+def test_a_known_head_is_relayed_from_memory_per_edits_and_own_origin():
+    """A head whose fields object is remembered (`UpstreamResponse.known_fields`) is relayed from
+    memory: the same as without, for each edits (allowed, denied) and each own origin (a
+    redirect to the upstream points at the request's own origin)."""
+    known = (("Location", "http://127.0.0.1:4000/next"), ("Vary", "Accept"), ("Date", "x"))
+    allowed, denied = allowed_edits(), planned(CONFIG, "GET", "/cors/a", [EVIL])[0].edits
+    for edits in (allowed, denied):
+        for own_origin in ("https://one.test", "https://two.test"):
+            expected = relayed_head(edits, list(known), own_origin)
+            for _ in range(2):  # the second from memory
+                assert relayed_head(edits, list(known), own_origin, known) == expected
+    relayed, _ = relayed_head(allowed, list(known), "https://two.test", known)
+    assert ("Location", "https://two.test/next") in relayed.headers
+    assert ("Vary", "Accept, Origin") in relayed.headers
