@@ -40,7 +40,7 @@ async def start_admin(server: ProxyServer, metrics: Metrics, listen: Endpoint,
     async def reload(_: web.Request) -> web.Response:
         result = server.reload_everywhere()
         if result.ok:
-            return _json(200, {"reloaded": True, "sha256": result.sha256})
+            return _json(200, {"reloaded": True, "sha256": result.sha256, "restart_needed": list(result.restart_needed)})
         return _json(422, {"reloaded": False, "errors": list(result.errors)})
 
     app = web.Application()

@@ -123,10 +123,14 @@ def listening(log: Logger, listen: str, pid: int, tls: bool, admin: str | None, 
     log.info("listening", listen=listen, pid=pid, tls=tls, admin=admin, watch=watch)
 
 
-def config_reloaded(log: Logger, metrics: Metrics | None, routes: list[str], source: str, sha256: str) -> None:
+def config_reloaded(log: Logger, metrics: Metrics | None, routes: list[str], source: str, sha256: str,
+                    restart_needed: list[str]) -> None:
+    """The new config serves; `restart_needed`: settings it changed that are read at start only
+    (`listen`, `workers`, TLS, `[admin]`), kept as they were: a warning, not to go unnoticed."""
     if metrics is not None:
         metrics.config.reloaded(sha256)
-    log.info("config_reloaded", routes=routes, source=source, sha256=sha256)
+    (log.warning if restart_needed else log.info)("config_reloaded", routes=routes, source=source, sha256=sha256,
+                                                  restart_needed=restart_needed)
 
 
 def config_error(log: Logger, metrics: Metrics | None, errors: list[str]) -> None:

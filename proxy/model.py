@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple
 
 from proxy.memo import LruCache
@@ -244,3 +244,24 @@ class Config:
     reports: ReportsSettings | None = None  # None: no collector
     sha256: str = ""  # hex SHA-256 of the file's bytes: which config is serving (/reload, coxp_config_info)
     effective: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+# The settings a reload cannot apply: the listeners are bound and the workers forked at start.
+START_ONLY_PROXY_SETTINGS = ("listen", "workers", "tls_cert", "tls_key")
+
+
+def restart_needed(started: Config, reloaded: Config) -> list[str]:
+    """The start-only settings (`START_ONLY_PROXY_SETTINGS` and `[admin]`) whose value in
+    `reloaded` differs from the one serving since the start: they wait for a restart."""
+    changed = [f"proxy.{name}" for name in START_ONLY_PROXY_SETTINGS
+               if getattr(started.proxy, name) != getattr(reloaded.proxy, name)]
+    if started.admin != reloaded.admin:
+        changed.append("admin")
+    return changed
+
+
+def start_only_kept(reloaded: Config, started: Config) -> Config:
+    """`reloaded` with the start-only settings coxp `started` with: a worker restarted after a
+    reload serves the new routes on the listeners the other workers have."""
+    kept = {name: getattr(started.proxy, name) for name in START_ONLY_PROXY_SETTINGS}
+    return replace(reloaded, proxy=replace(reloaded.proxy, **kept), admin=started.admin)

@@ -21,7 +21,7 @@ from proxy.errors import ConfigError
 from proxy.exchange import exchange
 from proxy.http1 import BadRequest, RequestHead, refusal, serialize_head
 from proxy.listeners import bind_listeners
-from proxy.model import Config, Endpoint, Limits
+from proxy.model import Config, Endpoint, Limits, restart_needed
 from proxy.routing import Router
 from proxy.state import ServingState
 from proxy.upstream import UpstreamClient
@@ -39,6 +39,7 @@ class Reloaded:
     ok: bool
     sha256: str | None = None  # of the file now serving
     errors: tuple[str, ...] = ()
+    restart_needed: tuple[str, ...] = ()  # start-only settings the file changed (not applied)
 
 
 class ProxyServer:
@@ -54,6 +55,7 @@ class ProxyServer:
         self._servers: list[asyncio.base_events.Server] = []
         self._idle = asyncio.Event()
         self._idle.set()
+        self.started = config  # its start-only settings serve until the process ends
         self.state = self._build_state(config)
 
     def _build_state(self, config: Config, client: UpstreamClient | None = None) -> ServingState:
@@ -143,9 +145,10 @@ class ProxyServer:
         self.state = self._build_state(config, old.client)
         if self.state.client is not old.client:
             asyncio.get_running_loop().create_task(_close_later(old.client))
+        restart = restart_needed(self.started, config)
         events.config_reloaded(self.state.log, self.metrics, [r.name for r in config.routes], config.source,
-                               config.sha256)
-        return Reloaded(True, config.sha256)
+                               config.sha256, restart)
+        return Reloaded(True, config.sha256, restart_needed=tuple(restart))
 
     def reload_everywhere(self) -> Reloaded:
         """`--watch` and `POST /reload`: reload here and, with workers, in every other worker too."""

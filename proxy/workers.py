@@ -14,13 +14,12 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
 from proxy import events, logs
 from proxy.config import load_config
 from proxy.errors import ConfigError, ListenError
-from proxy.model import Config, Endpoint
+from proxy.model import Config, Endpoint, start_only_kept
 
 if TYPE_CHECKING:
     from proxy.metrics import SharedValues
@@ -93,15 +92,6 @@ def _worker(config: Config, serve_worker: ServeWorker, port: int, index: int, ad
         return serve_worker(config, Worker(sock, False, None, None))
     # Worker 0 runs the admin listener (its port cannot be shared) and the config watch.
     return serve_worker(config, Worker(sock, True, admin, lambda: os.kill(parent, signal.SIGUSR1)))
-
-
-def start_only_kept(reloaded: Config, started: Config) -> Config:
-    """`reloaded` with the settings read at start only (`listen`, `workers`, the TLS certificate,
-    `[admin]`) as coxp `started` with: a worker restarted after a reload serves the new routes
-    on the listeners the others have (docs/DECISIONS.md, "Reload")."""
-    proxy = replace(reloaded.proxy, listen=started.proxy.listen, workers=started.proxy.workers,
-                    tls_cert=started.proxy.tls_cert, tls_key=started.proxy.tls_key)
-    return replace(reloaded, proxy=proxy, admin=started.admin)
 
 
 def run_workers(config: Config, config_path: str | None, overrides: dict | None, serve_worker: ServeWorker) -> int:

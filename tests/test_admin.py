@@ -182,7 +182,7 @@ def test_post_reload_answers_with_the_hash_and_counts(admin):
     response = get("/reload", "POST")
     wanted = hashlib.sha256(path.read_bytes()).hexdigest()
     assert response.status == 200 and response.value("Content-Type").startswith("application/json")
-    assert json.loads(response.body) == {"reloaded": True, "sha256": wanted}
+    assert json.loads(response.body) == {"reloaded": True, "sha256": wanted, "restart_needed": []}
     preflight = [("Origin", ORIGIN), ("Access-Control-Request-Method", "DELETE")]
     assert proxy.request("OPTIONS", "/api/a", preflight).status == 204  # the new policy serves
     reloads, last, info = config_metrics(get)
@@ -253,3 +253,19 @@ def test_coxp_health_asks_the_admin_listener_the_config_names(coxp, query_upstre
     no_admin.write_text('[proxy]\nupstream = "http://127.0.0.1:9"\n')
     result = run_cli("health", "-c", str(no_admin))
     assert result.returncode == 1 and "no [admin] listen" in result.stderr
+
+
+def test_a_reload_that_removes_the_admin_table_keeps_the_listener_and_says_so(admin):
+    """`[admin]` is read at start only: a file without it reloads the routes, the listener and
+    its metrics stay, and both the answer and the `config_reloaded` warning name it."""
+    proxy, get = admin
+    path = proxy.config_path
+    path.write_text(re.sub(r"\[admin\]\nlisten = \"[^\"]*\"\n", "", path.read_text()).replace('["PUT"]', '["DELETE"]'))
+    mark = proxy.mark()
+    response = get("/reload", "POST")
+    assert (response.status, json.loads(response.body)["restart_needed"]) == (200, ["admin"])
+    reloaded = proxy.wait_event("config_reloaded", start=mark)
+    assert (reloaded["level"], reloaded["restart_needed"]) == ("warning", ["admin"])
+    preflight = [("Origin", ORIGIN), ("Access-Control-Request-Method", "DELETE")]
+    assert proxy.request("OPTIONS", "/api/a", preflight).status == 204  # the new routes serve
+    assert samples(get("/metrics").body.decode(), "coxp_config_reloads_total")[(("result", "ok"),)] == 1.0

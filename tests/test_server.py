@@ -14,7 +14,7 @@ import pytest
 import trustme
 from aiohttp import web
 
-from harness import Reader, Upstream, config_text, exchange, fresh_log, get, request_bytes, start_coxp
+from harness import WAIT, Reader, Upstream, config_text, exchange, free_port, fresh_log, get, request_bytes, start_coxp
 
 LIMITS = {"max_request_line": 100, "max_header_bytes": 400, "max_headers": 5, "max_body_bytes": 10}
 REQUEST_LINE_OVERHEAD = len("GET  HTTP/1.1")  # the request line is this plus the target
@@ -367,3 +367,25 @@ def test_https_upstream_with_the_wrong_ca_is_502_with_the_reason_logged(coxp, tl
 def test_upstream_verify_false_accepts_an_unknown_ca(coxp, tls_upstream, certs):
     proxy = coxp(config_text(tls_upstream.url, {"upstream_ca": certs["other_ca"], "upstream_verify": False}))
     assert get(proxy).status == 200
+
+
+def test_a_reload_that_adds_an_admin_table_or_moves_the_listener_is_a_warning_naming_them(coxp, upstream):
+    """Read at start only: a reload that adds `[admin]` or changes `listen` applies the rest of
+    the file, starts no listener, and its `config_reloaded` is a warning naming what waits for
+    a restart; a later reload back to the start's settings is an ordinary one again."""
+    text = config_text(upstream.url)
+    proxy = coxp(text)
+    admin_port = free_port()
+    changed = (config_text(upstream.url, extra=f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
+                           '[defaults.corp]\npolicy = "same-origin"\n')
+               .replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{free_port()}"'))
+    for config, level, restart in ((changed, "warning", ["proxy.listen", "admin"]), (text, "info", [])):
+        mark = proxy.mark()
+        proxy.config_path.write_text(config)
+        proxy.signal(signal.SIGHUP)
+        reloaded = proxy.wait_event("config_reloaded", start=mark)
+        assert (reloaded["level"], reloaded["restart_needed"]) == (level, restart)
+        corp = get(proxy).value("cross-origin-resource-policy")  # served on the start's listener
+        assert corp == ("same-origin" if restart else None)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", admin_port), timeout=WAIT).close()
