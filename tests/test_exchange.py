@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from harness import WAIT, Coxp, Reader, config_text, request_bytes
+from harness import WAIT, Coxp, Reader, config_text, request_bytes, unique, websocket_echo
 from proxy.config import load_config_text
 from proxy.exchange import prepared
 from proxy.http1 import parse_head
@@ -243,3 +243,26 @@ def test_pipelined_identical_heads_carry_each_their_own_body(proxy, upstream):
     assert [(s.method, s.body) for s in seen] == [
         ("POST", b"aaaaa"), ("POST", b"bbbbb"), ("POST", b"ccc"), ("POST", b"dddddd"),
         ("GET", b""), ("HEAD", b""), ("GET", b"")]
+
+
+def test_an_upgrade_head_one_byte_from_a_websocket_handshake_is_an_ordinary_request(coxp, query_upstream):
+    """The same handshake bytes but one (`websockeu`): forwarded as a plain GET without its
+    Upgrade, between two real handshakes that each get their tunnel."""
+    proxy = coxp(config_text(query_upstream.url))
+    marker = unique()
+
+    def handshake(upgrade: str) -> tuple[socket.socket, int]:
+        sock = proxy.connect()
+        sock.sendall(request_bytes("GET", f"/ws?m={marker}", [
+            ("Upgrade", upgrade), ("Connection", "Upgrade"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13")], host="app.test"))
+        return sock, Reader(sock).head().status
+
+    for upgrade, status in (("websocket", 101), ("websockeu", 200), ("websocket", 101)):
+        sock, got = handshake(upgrade)
+        with sock:
+            assert got == status, upgrade
+            if status == 101:
+                assert websocket_echo(sock, upgrade) == f"echo {upgrade}"
+    seen = query_upstream.saw(marker)
+    assert [s.values("upgrade") for s in seen] == [["websocket"], [], ["websocket"]]
