@@ -271,3 +271,21 @@ def test_a_known_head_is_relayed_from_memory_per_edits_and_own_origin():
     relayed, _ = relayed_head(allowed, list(known), "https://two.test", known)
     assert ("Location", "https://two.test/next") in relayed.headers
     assert ("Vary", "Accept, Origin") in relayed.headers
+
+
+def test_one_known_upstream_head_is_relayed_to_each_request_own_origin(coxp, raw_upstream):
+    """Byte-identical upstream heads (remembered by their bytes, relayed from memory) answering
+    byte-identical requests but for their Host (no Origin: one decision's edits serve them all),
+    alternating: each Location points at its own request's origin."""
+    answers: list[bytes] = []
+    server = sequence_upstream(raw_upstream, answers)
+    head = (f"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{server.port}/next\r\nVary: Accept\r\n"
+            "Content-Length: 0\r\n\r\n").encode()
+    hosts = ["a.test", "b.test:8080", "a.test", "b.test:8080"]
+    answers.extend([head] * len(hosts))
+    proxy = coxp(config_text(server.url, extra=CORS))
+    with proxy.connect() as sock:
+        reader = Reader(sock)
+        for host in hosts:
+            sock.sendall(request_bytes("GET", "/r", host=host))
+            assert reader.response().values("location") == [f"http://{host}/next"]
