@@ -137,15 +137,18 @@ async def exchange(state: ServingState, conn: ClientConnection, head: RequestHea
 
 def send_answer(conn: ClientConnection, decision: Decision, action: Answer, keep_alive: bool, record: RequestRecord) -> bool:
     """Send a response the proxy makes itself (the route's policy headers apply to it too)."""
-    key = (id(decision), action, keep_alive)
+    # RFC 9112 §9.3: the connection's fate, said as for a relayed response; an HTTP/1.0 client
+    # keeps its connection only when told `keep-alive`.
+    connection = "close" if not keep_alive else "keep-alive" if record.head.http_minor == 0 else None
+    key = (id(decision), action, connection)
     cached = _ANSWERS.get(key)
     if cached is not None and cached[0] is decision:
         _, response, set_names, removed_names = cached
     else:
         edited, body = answer_response(decision, action)
         headers = edited.headers
-        if not keep_alive:
-            headers.append(("Connection", "close"))
+        if connection is not None:
+            headers.append(("Connection", connection))
         response = serialize_head(action.status, headers) + body
         set_names, removed_names = tuple(edited.set_names), tuple(edited.removed_names)
         if len(decision.origin or "") <= MAX_KEY_CHARS:

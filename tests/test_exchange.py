@@ -269,3 +269,24 @@ def test_an_upgrade_head_one_byte_from_a_websocket_handshake_is_an_ordinary_requ
                 assert websocket_echo(sock, upgrade) == f"echo {upgrade}"
     seen = query_upstream.saw(marker)
     assert [s.values("upgrade") for s in seen] == [["websocket"], [], ["websocket"]]
+
+
+@pytest.mark.parametrize("version, connection, answered", [
+    ("1.1", None, None), ("1.0", "keep-alive", "keep-alive"), ("1.0", None, "close"), ("1.1", "close", "close")])
+def test_an_answer_the_proxy_makes_tells_an_http_1_0_client_to_keep_the_connection(coxp, version, connection, answered):
+    """A preflight coxp answers itself says the connection's fate as a relayed response does
+    (RFC 9112 §9.3: an HTTP/1.0 client keeps it only when told); the same decision, remembered,
+    for HTTP/1.1 and 1.0 clients."""
+    cors = ROUTE.format(name="api", paths="/*", origin="https://a.test") + 'allow_methods = ["PUT"]\n'
+    proxy = coxp(config_text(proxy={"upstream": "http://127.0.0.1:9"}, extra=cors))
+    fields = [("Origin", "https://a.test"), ("Access-Control-Request-Method", "PUT")]
+    preflight = request_bytes("OPTIONS", "/x", fields + ([("Connection", connection)] if connection else []),
+                              host="proxy.test").replace(b" HTTP/1.1\r\n", f" HTTP/{version}\r\n".encode(), 1)
+    with proxy.connect() as sock:
+        reader = Reader(sock)
+        for _ in range(2 if answered != "close" else 1):
+            sock.sendall(preflight)
+            response = reader.response("OPTIONS")
+            assert (response.status, response.value("connection")) == (204, answered)
+        if answered == "close":
+            assert reader.closed()
