@@ -95,6 +95,12 @@ def response_timeout(read_timeout: float) -> UpstreamFailure:
 class UpstreamConnection(asyncio.Protocol):
     """One connection to the upstream, carrying one exchange at a time."""
 
+    # Slots: the exchange reads and writes these attributes many times per request.
+    __slots__ = ("transport", "key", "loop", "deadline", "closed", "idle_since", "_fields_parser", "_parser",
+                 "_known_parser", "ignore_body", "_repaired", "_spare", "head_future", "status", "headers",
+                 "content_length", "known_fields", "head_bytes", "head_size", "head_done", "complete", "keep_alive",
+                 "error", "received_any", "_head_pieces", "_head_key", "_repairing", "_body", "_buffered",
+                 "_body_waiter", "_paused", "_drain_waiter", "__weakref__")
     transport: asyncio.Transport  # set by connection_made, before the pool hands it out
 
     def __init__(self, key: tuple[str, str, int]) -> None:
