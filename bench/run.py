@@ -197,18 +197,24 @@ def pss_kib(pid: int) -> int:
     return sum(_proc_field(f"/proc/{p}/smaps_rollup", "Pss:") for p in descendants(pid))
 
 
+def machine_jiffies() -> tuple[int, int]:
+    """(all, idle) jiffies of all CPUs from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v[:8]), v[3] + v[4]
+
+
+def busy_fraction(start: tuple[int, int], end: tuple[int, int]) -> float:
+    """Fraction of all CPUs busy between two `machine_jiffies()` readings."""
+    return 1.0 - (end[1] - start[1]) / max(1, end[0] - start[0])
+
+
 def cpu_busy(secs: float = 0.5) -> float:
     """Fraction of all CPUs busy over `secs` (taken while our servers are idle = other work)."""
-    def snap():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        idle = v[3] + (v[4] if len(v) > 4 else 0)
-        return sum(v[:8]), idle
     try:
-        t0, i0 = snap()
+        start = machine_jiffies()
         time.sleep(secs)
-        t1, i1 = snap()
-        return 1.0 - (i1 - i0) / max(1, t1 - t0)
+        return busy_fraction(start, machine_jiffies())
     except (OSError, ValueError, IndexError):
         return -1.0
 
@@ -235,13 +241,6 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def machine_jiffies() -> tuple[int, int]:
-    """(all, idle) jiffies of all CPUs from /proc/stat."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return sum(v[:8]), v[3] + v[4]
-
-
 class CpuAccount:
     """Where the CPU went during one measured run: the target (the proxy with its workers), the
     origin, wrk (our only waited-for child while it runs: RUSAGE_CHILDREN) and the machine as a
@@ -260,8 +259,7 @@ class CpuAccount:
     def per_request(self, requests: int) -> dict:
         end = self._snap()
         n = max(1, requests)
-        (all0, idle0), (all1, idle1) = self.start[3], end[3]
-        busy = (all1 - all0 - (idle1 - idle0)) / max(1, all1 - all0) * (os.cpu_count() or 1)
+        busy = busy_fraction(self.start[3], end[3]) * (os.cpu_count() or 1)
         return {"target_us": (end[0] - self.start[0]) / n * 1e6, "origin_us": (end[1] - self.start[1]) / n * 1e6,
                 "wrk_us": (end[2] - self.start[2]) / n * 1e6, "busy_cpus": busy}
 
